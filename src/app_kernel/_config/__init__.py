@@ -1,0 +1,1 @@
+"""Internal helpers that read configuration sources (environment, manifest)."""

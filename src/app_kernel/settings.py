@@ -1,0 +1,448 @@
+"""Frozen configuration for the kernel.
+
+Every settings object is immutable: assigning to a field raises. Values are
+validated when the object is built, and errors name the field and the form
+expected (:class:`~app_kernel.errors.SettingsError`).
+
+Where a value comes from, highest first:
+
+1. arguments passed explicitly to the constructor;
+2. environment variables (``REDIS_URL``, ``DATABASE_URL``, ``JWT_SECRET``,
+   ``LOG_LEVEL``, ``DEBUG`` and the ``KERNEL_*`` feature flags), for fields
+   not passed explicitly;
+3. a ``manifest.yaml`` (:meth:`KernelSettings.from_manifest`);
+4. the defaults documented on each field.
+
+Nothing here does I/O beyond reading the environment and the manifest file.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from app_kernel._config.env import (
+    env_value,
+    parse_bool,
+    parse_choice,
+    parse_str,
+    signup_from_env,
+)
+from app_kernel.errors import SettingsError
+from app_kernel.types import HealthCheck
+
+__all__ = (
+    "AuthSettings",
+    "FeatureSettings",
+    "HttpSettings",
+    "JobSettings",
+    "KernelSettings",
+    "ObservabilitySettings",
+    "RedisSettings",
+    "ReliabilitySettings",
+    "RequestMetricsSettings",
+    "StreamingSettings",
+)
+
+T = TypeVar("T")
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _from_env(var: str, parser: Callable[[str, str], T], default: T) -> Any:
+    """A field whose default is read from ``var`` when the field is not passed."""
+
+    def factory() -> T:
+        value = env_value(var, parser)
+        return default if value is None else value
+
+    return Field(default_factory=factory, json_schema_extra={"env": var})
+
+
+def _describe(section: str, exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors(include_url=False):
+        loc = ".".join(str(part) for part in error["loc"])
+        name = f"{section}.{loc}" if section and loc else section or loc
+        message = error["msg"].removeprefix("Value error, ")
+        if message.startswith((f"{name}.", f"{name}:")):
+            # A nested section already named itself from the root.
+            lines.append(message)
+            continue
+        message = message.replace("Input should be", "expected")
+        if error["type"] != "value_error" and not _is_secret_loc(error["loc"]):
+            message = f"{message}, got {error['input']!r}"
+        lines.append(f"{name}: {message}")
+    return "; ".join(lines)
+
+
+def _is_secret_loc(loc: tuple[int | str, ...]) -> bool:
+    return any(str(part) in _SECRET_FIELDS for part in loc)
+
+
+_SECRET_FIELDS = frozenset({"token_secret"})
+
+
+class _Settings(BaseModel):
+    """Shared behaviour: frozen, no unknown fields, errors as SettingsError."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+    section: ClassVar[str] = ""
+
+    if not TYPE_CHECKING:
+        # Hidden from type checkers so the pydantic plugin keeps the typed signature.
+        def __init__(self, **data: Any) -> None:
+            try:
+                super().__init__(**data)
+            except ValidationError as exc:
+                raise SettingsError(_describe(self.section, exc)) from None
+
+
+class RedisSettings(_Settings):
+    """Redis connection. With no ``url`` the kernel coordinates through embedded SQLite."""
+
+    section: ClassVar[str] = "redis"
+
+    url: str | None = _from_env("REDIS_URL", parse_str, None)
+    """``redis://``, ``rediss://`` or ``unix://`` URL; env ``REDIS_URL``. Default: None."""
+    key_prefix: str = "app_kernel:"
+    """Prepended to every key the kernel writes. Braces are refused: they would
+    change the Redis Cluster hash slot of the kernel's keys."""
+    max_connections: int = Field(default=64, gt=0)
+    """Size of the shared connection pool."""
+    socket_timeout_seconds: float = Field(default=5.0, gt=0)
+    """Connect and read timeout of ordinary commands."""
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        expected = "expected a redis://, rediss:// or unix:// URL"
+        parts = urlsplit(value)
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            msg = f"{expected}, got {_hide_password(value)!r}"
+            raise ValueError(msg)
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if parts.scheme != "unix" and (not parts.hostname or port == -1):
+            msg = f"{expected} with a host and a numeric port, got {_hide_password(value)!r}"
+            raise ValueError(msg)
+        if parts.scheme == "unix" and not parts.path:
+            msg = f"{expected}; a unix:// URL needs a socket path, got {value!r}"
+            raise ValueError(msg)
+        return value
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        if "{" in value or "}" in value:
+            msg = f"expected a prefix without '{{' or '}}' (they set Redis Cluster hash tags), got {value!r}"
+            raise ValueError(msg)
+        if len(value) > 64:
+            msg = f"expected at most 64 characters, got {len(value)}"
+            raise ValueError(msg)
+        return value
+
+
+def _hide_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return url.replace(f":{parts.password}@", ":***@", 1)
+
+
+class AuthSettings(_Settings):
+    """Token signing and lifetimes."""
+
+    section: ClassVar[str] = "auth"
+
+    token_secret: str | None = Field(
+        default_factory=lambda: env_value("JWT_SECRET", parse_str),
+        repr=False,
+        json_schema_extra={"env": "JWT_SECRET", "secret": True},
+    )
+    """HMAC key for the kernel's tokens; env ``JWT_SECRET``. Checked at start-up,
+    not here: outside debug mode it must be present and at least 32 bytes."""
+    access_token_expires_minutes: int = Field(default=15, gt=0)
+    """Lifetime of an access token."""
+    refresh_token_expires_days: int = Field(default=30, gt=0)
+    """Lifetime of a refresh token."""
+
+
+class JobSettings(_Settings):
+    """Background job execution."""
+
+    section: ClassVar[str] = "jobs"
+
+    worker_count: int = Field(default=4, gt=0)
+    """Jobs one worker process runs at once."""
+    thread_pool_size: int = Field(default=8, gt=0)
+    """Threads for handlers written as plain functions."""
+    max_attempts: int = Field(default=3, gt=0)
+    """Attempts for a job whose enqueue call and task metadata name none."""
+
+
+class StreamingSettings(_Settings):
+    """Concurrent stream leases."""
+
+    section: ClassVar[str] = "streaming"
+
+    max_concurrent_per_user: int = Field(default=5, gt=0)
+    """Streams one user may hold open at once, across every server."""
+    lease_ttl_seconds: int = Field(default=180, gt=0)
+    """A lease not refreshed for this long expires (its server died)."""
+
+
+class RequestMetricsSettings(_Settings):
+    """Per-request performance records."""
+
+    section: ClassVar[str] = "observability.request_metrics"
+
+    enabled: bool = False
+    """Capture a record for every request not excluded below."""
+    exclude_paths: tuple[str, ...] = ("/health", "/healthz", "/readyz", "/metrics", "/favicon.ico")
+    """Paths never recorded."""
+
+
+class ObservabilitySettings(_Settings):
+    """Logging and metrics."""
+
+    section: ClassVar[str] = "observability"
+
+    service_name: str = "app"
+    """Name put on every log line."""
+    log_level: LogLevel = _from_env("LOG_LEVEL", parse_str, "INFO")
+    """Lowest level logged; env ``LOG_LEVEL``. Default: INFO."""
+    log_format: Literal["auto", "json", "console"] = "auto"
+    """``auto`` writes readable console lines in debug mode and JSON lines otherwise."""
+    access_log: bool = True
+    """Write one line per HTTP request."""
+    request_metrics: RequestMetricsSettings = Field(default_factory=RequestMetricsSettings)
+    """Per-request records (see :class:`RequestMetricsSettings`)."""
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        if isinstance(value, str):
+            upper = value.strip().upper()
+            if upper not in _LOG_LEVELS:
+                msg = f"expected one of {', '.join(_LOG_LEVELS)}, got {value!r}"
+                raise ValueError(msg)
+            return upper
+        return value
+
+
+class ReliabilitySettings(_Settings):
+    """Rate limiting and idempotency."""
+
+    section: ClassVar[str] = "reliability"
+
+    rate_limit_requests: int = Field(default=100, gt=0)
+    """Requests allowed per window by default."""
+    rate_limit_window_seconds: int = Field(default=60, gt=0)
+    """Length of the default rate-limit window."""
+
+
+class HttpSettings(_Settings):
+    """The HTTP layer: CORS, hosts, proxies, body size, readiness."""
+
+    section: ClassVar[str] = "http"
+
+    cors_origins: tuple[str, ...] = ("*",)
+    """Origins allowed by CORS. ``("*",)`` cannot be combined with credentials."""
+    cors_allow_credentials: bool = False
+    """Let browsers send cookies and Authorization on cross-origin requests."""
+    max_body_bytes: int = Field(default=1_048_576, gt=0)
+    """Largest request body accepted; larger ones get 413."""
+    trusted_proxies: tuple[str, ...] = ()
+    """Peers (addresses or CIDR ranges) whose forwarding headers are believed."""
+    allowed_hosts: tuple[str, ...] = ("*",)
+    """Host header values accepted (``*.example.com`` allowed); others get 400."""
+    readiness_timeout_seconds: float = Field(default=2.0, gt=0)
+    """Time each readiness check may take before it counts as failed."""
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                msg = f"expected IP addresses or CIDR ranges such as 10.0.0.0/8, got {entry!r}"
+                raise ValueError(msg) from None
+        return value
+
+    @model_validator(mode="after")
+    def _check_cors(self) -> HttpSettings:
+        if self.cors_allow_credentials and "*" in self.cors_origins:
+            msg = (
+                "cors_origins contains '*' while cors_allow_credentials is true: "
+                "browsers refuse that combination; list the allowed origins instead"
+            )
+            raise ValueError(msg)
+        return self
+
+
+class FeatureSettings(_Settings):
+    """Which kernel routes are mounted, and how they are protected.
+
+    Fields not passed explicitly read their ``KERNEL_*`` environment variable.
+    """
+
+    section: ClassVar[str] = "features"
+
+    enable_health_routes: bool = _from_env("KERNEL_ENABLE_HEALTH", parse_bool, True)
+    """Mount the liveness and readiness probes; env ``KERNEL_ENABLE_HEALTH``."""
+    health_path: str = "/healthz"
+    """Liveness probe path."""
+    ready_path: str = "/readyz"
+    """Readiness probe path."""
+    enable_metrics: bool = _from_env("KERNEL_ENABLE_METRICS", parse_bool, True)
+    """Mount the Prometheus endpoint; env ``KERNEL_ENABLE_METRICS``."""
+    metrics_path: str = "/metrics"
+    """Prometheus endpoint path."""
+    protect_metrics: Literal["admin", "internal", "none"] = _from_env(
+        "KERNEL_PROTECT_METRICS", parse_choice(("admin", "internal", "none")), "admin"
+    )
+    """Who may read metrics; env ``KERNEL_PROTECT_METRICS``. Default: admin."""
+    enable_auth_routes: bool = _from_env("KERNEL_ENABLE_AUTH", parse_bool, True)
+    """Mount login, me, refresh and logout; env ``KERNEL_ENABLE_AUTH``."""
+    auth_mode: Literal["local", "apikey", "external"] = _from_env(
+        "KERNEL_AUTH_MODE", parse_choice(("local", "apikey", "external")), "local"
+    )
+    """Where credentials come from; env ``KERNEL_AUTH_MODE``. Default: local."""
+    allow_self_signup: bool = Field(
+        default_factory=lambda: bool(signup_from_env()),
+        json_schema_extra={"env": "KERNEL_ALLOW_SIGNUP"},
+    )
+    """Mount the register route; env ``KERNEL_ALLOW_SIGNUP``. Default: False."""
+    auth_prefix: str = "/auth"
+    """Prefix of the auth routes."""
+    enable_audit_routes: bool = _from_env("KERNEL_ENABLE_AUDIT", parse_bool, False)
+    """Mount the admin-only audit query route; env ``KERNEL_ENABLE_AUDIT``."""
+    audit_path: str = "/audit"
+    """Audit query path."""
+
+    @field_validator("health_path", "ready_path", "metrics_path", "auth_prefix", "audit_path")
+    @classmethod
+    def _check_path(cls, value: str) -> str:
+        if not value.startswith("/") or (len(value) > 1 and value.endswith("/")):
+            msg = f"expected a path starting with '/' and not ending with '/', got {value!r}"
+            raise ValueError(msg)
+        return value
+
+    @classmethod
+    def from_env(cls) -> FeatureSettings:
+        """Build feature flags from the ``KERNEL_*`` environment variables."""
+        return cls()
+
+
+class KernelSettings(_Settings):
+    """Everything the kernel needs to start, in one frozen object."""
+
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    """Redis connection; without a URL the kernel uses embedded SQLite."""
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    """Token signing and lifetimes."""
+    jobs: JobSettings = Field(default_factory=JobSettings)
+    """Background job execution."""
+    streaming: StreamingSettings = Field(default_factory=StreamingSettings)
+    """Concurrent stream leases."""
+    observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
+    """Logging and metrics."""
+    reliability: ReliabilitySettings = Field(default_factory=ReliabilitySettings)
+    """Rate limiting and idempotency."""
+    features: FeatureSettings = Field(default_factory=FeatureSettings.from_env)
+    """Auto-mounted routes."""
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    """The HTTP layer."""
+    database_url: str | None = _from_env("DATABASE_URL", parse_str, None)
+    """SQLAlchemy URL of the kernel's SQL database; env ``DATABASE_URL``.
+    Default: an SQLite file ``app.db`` in ``data_dir``. ``postgresql://`` URLs
+    use asyncpg."""
+    health_checks: tuple[HealthCheck, ...] = ()
+    """The app's readiness checks, run by the readiness probe."""
+    debug: bool = _from_env("DEBUG", parse_bool, False)
+    """Debug mode: readable logs, exception text in 500 answers, no secret
+    required; env ``DEBUG``. Never in production."""
+    data_dir: str = "./.app_kernel"
+    """Folder of the embedded SQLite files."""
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        return normalise_database_url(value)
+
+    @field_validator("health_checks")
+    @classmethod
+    def _check_health_checks(cls, value: tuple[HealthCheck, ...]) -> tuple[HealthCheck, ...]:
+        for check in value:
+            if not callable(check):
+                msg = f"expected async callables returning (ok, message), got {check!r}"
+                raise ValueError(msg)
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        """``database_url``, or the SQLite file in ``data_dir`` when unset."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{Path(self.data_dir) / 'app.db'}"
+
+    @property
+    def coordination_path(self) -> Path:
+        """The embedded SQLite file used when no Redis URL is set."""
+        return Path(self.data_dir) / "kernel.db"
+
+    @classmethod
+    def from_manifest(cls, path: str | Path, **explicit: Any) -> KernelSettings:
+        """Build settings from a ``manifest.yaml``.
+
+        Environment variables win over the manifest, and ``explicit`` keyword
+        arguments (as for the constructor) win over both.
+
+        Raises:
+            SettingsError: the file is missing or malformed, a key is unknown
+                (the message names the nearest known key) or a value is invalid.
+        """
+        from app_kernel._config.manifest import load_manifest, merge_layers
+
+        manifest = load_manifest(path, cls)
+        return cls(**merge_layers(cls, [manifest], explicit))
+
+
+def normalise_database_url(value: str) -> str:
+    """Map plain driver names onto the async drivers the kernel uses."""
+    expected = (
+        "expected an SQLAlchemy URL such as sqlite+aiosqlite:///./app.db "
+        "or postgresql+asyncpg://user@host/dbname"
+    )
+    try:
+        url = make_url(value)
+    except ArgumentError:
+        msg = f"{expected}, got {value!r}"
+        raise ValueError(msg) from None
+    backend, _, driver = url.drivername.partition("+")
+    if backend == "postgres":
+        backend = "postgresql"
+    if backend == "sqlite" and driver in ("", "aiosqlite"):
+        return url.set(drivername="sqlite+aiosqlite").render_as_string(hide_password=False)
+    if backend == "postgresql" and driver in ("", "asyncpg"):
+        if not url.host and not url.query.get("host"):
+            msg = f"{expected}; the PostgreSQL URL has no host"
+            raise ValueError(msg)
+        return url.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
+    msg = f"{expected}; driver {url.drivername!r} is not supported (use sqlite or postgresql)"
+    raise ValueError(msg)
