@@ -1,1 +1,32 @@
-"""app_kernel."""
+"""app_kernel: runtime infrastructure for FastAPI services."""
+
+from app_kernel.app import create_service, init_app_kernel
+from app_kernel.errors import (
+    BackendUnavailable,
+    KernelError,
+    KernelNotInitialized,
+    MissingDependencyError,
+    SettingsError,
+)
+from app_kernel.kernel import Kernel
+from app_kernel.observability.logging import get_logger, log_context
+from app_kernel.service_config import ServiceConfig
+from app_kernel.settings import FeatureSettings, KernelSettings
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "BackendUnavailable",
+    "FeatureSettings",
+    "Kernel",
+    "KernelError",
+    "KernelNotInitialized",
+    "KernelSettings",
+    "MissingDependencyError",
+    "ServiceConfig",
+    "SettingsError",
+    "create_service",
+    "get_logger",
+    "init_app_kernel",
+    "log_context",
+)

@@ -146,7 +146,10 @@ class RedisSettings(_Settings):
     @classmethod
     def _check_prefix(cls, value: str) -> str:
         if "{" in value or "}" in value:
-            msg = f"expected a prefix without '{{' or '}}' (they set Redis Cluster hash tags), got {value!r}"
+            msg = (
+                "expected a prefix without '{' or '}' (they set Redis Cluster hash tags), "
+                f"got {value!r}"
+            )
             raise ValueError(msg)
         if len(value) > 64:
             msg = f"expected at most 64 characters, got {len(value)}"

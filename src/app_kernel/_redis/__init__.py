@@ -1,0 +1,1 @@
+"""Redis plumbing: the shared client and the one place keys are built."""

@@ -1,0 +1,52 @@
+"""The one mutable slot of the process: which kernel the accessors read.
+
+``get_job_client()``, ``get_metrics()``, ``get_audit()`` and the other
+module-level accessors of the spec read the kernel set here by
+``init_app_kernel``. Request-scoped code reads the kernel of its own app
+instead (:func:`kernel_of_app`), so several apps in one process stay apart.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from app_kernel.errors import KernelNotInitialized
+
+if TYPE_CHECKING:
+    from app_kernel.kernel import Kernel
+
+__all__ = ("clear_current", "current_kernel", "kernel_of_app", "set_current")
+
+_NOT_READY = (
+    "init_app_kernel() has not been called in this process: call "
+    "init_app_kernel(app, settings) or create_service(...) before {what}"
+)
+
+_current: Kernel | None = None
+
+
+def set_current(kernel: Kernel) -> None:
+    global _current
+    _current = kernel
+
+
+def clear_current(kernel: Kernel) -> None:
+    """Forget ``kernel`` if it is the current one (it was closed)."""
+    global _current
+    if _current is kernel:
+        _current = None
+
+
+def current_kernel(what: str = "using the kernel") -> Kernel:
+    """The process's kernel; raises :class:`KernelNotInitialized` naming ``what``."""
+    if _current is None:
+        raise KernelNotInitialized(_NOT_READY.format(what=what))
+    return _current
+
+
+def kernel_of_app(app: Any) -> Kernel:
+    """The kernel mounted on a FastAPI/Starlette app by ``init_app_kernel``."""
+    kernel: Kernel | None = getattr(app.state, "app_kernel", None)
+    if kernel is None:
+        raise KernelNotInitialized(_NOT_READY.format(what="serving this request"))
+    return kernel

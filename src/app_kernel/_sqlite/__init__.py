@@ -1,0 +1,1 @@
+"""The embedded SQLite file that coordinates processes on one host without Redis."""

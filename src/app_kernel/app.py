@@ -1,0 +1,128 @@
+"""Mount a kernel on a FastAPI app: ``init_app_kernel`` and ``create_service``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+
+from app_kernel._runtime import set_current
+from app_kernel.errors import KernelError
+from app_kernel.kernel import Kernel
+from app_kernel.observability.health import health_router
+from app_kernel.service_config import ServiceConfig, to_kernel_settings
+from app_kernel.settings import KernelSettings
+from app_kernel.types import HealthCheck
+from app_kernel.web.docs import install_offline_docs
+from app_kernel.web.stack import install_http_layer
+
+__all__ = ("create_service", "init_app_kernel")
+
+IsAdmin = Callable[[Mapping[str, Any]], bool]
+
+
+def init_app_kernel(
+    app: FastAPI,
+    settings: KernelSettings,
+    registry: Any = None,
+    *,
+    user_store: Any = None,
+    is_admin: IsAdmin | None = None,
+) -> Kernel:
+    """Wire the kernel into ``app``: middleware, error handlers, routes, lifespan.
+
+    The kernel's connections open when the app's lifespan starts and close when
+    it ends; the app's own lifespan runs inside. The kernel becomes the
+    process's current kernel, read by the module-level accessors.
+
+    Args:
+        app: the FastAPI application.
+        settings: frozen kernel settings.
+        registry: the app's job registry, for the job client.
+        user_store: the app's ``UserStore``; the kernel's SQL store if None.
+        is_admin: decides from a user record whether the user is an admin.
+
+    Raises:
+        KernelError: the app already has a kernel.
+    """
+    if getattr(app.state, "app_kernel", None) is not None:
+        msg = "init_app_kernel() was already called on this app; call it once per app"
+        raise KernelError(msg)
+    kernel = Kernel(settings, registry, user_store=user_store, is_admin=is_admin)
+    app.state.app_kernel = kernel
+    set_current(kernel)
+
+    install_http_layer(app, settings)
+    install_offline_docs(app)
+    features = settings.features
+    if features.enable_health_routes:
+        app.include_router(
+            health_router(
+                health_path=features.health_path,
+                ready_path=features.ready_path,
+                checks=kernel.readiness_checks,
+                timeout_seconds=settings.http.readiness_timeout_seconds,
+            )
+        )
+
+    app_lifespan = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(application: Any) -> AsyncIterator[Any]:
+        await kernel.open()
+        try:
+            async with app_lifespan(application) as state:
+                yield state
+        finally:
+            await kernel.close()
+
+    app.router.lifespan_context = lifespan
+    return kernel
+
+
+def create_service(
+    name: str,
+    routers: Sequence[APIRouter],
+    config: ServiceConfig | None = None,
+    api_prefix: str = "/api/v1",
+    *,
+    user_store: Any = None,
+    is_admin: IsAdmin | None = None,
+    health_checks: Sequence[HealthCheck] = (),
+    manifest: str | Path | None = None,
+) -> FastAPI:
+    """Build a complete FastAPI service on the kernel.
+
+    The app's routers (and the kernel's auth routes) are mounted under
+    ``api_prefix``; health, metrics and audit routes stay at the root.
+
+    Args:
+        name: the service name, used in logs and the docs title.
+        routers: the app's routers.
+        config: short settings; read from the environment when None.
+        api_prefix: prefix of the app's routes.
+        user_store: the app's ``UserStore``; the kernel's SQL store if None.
+        is_admin: decides from a user record whether the user is an admin.
+        health_checks: async callables run by the readiness probe.
+        manifest: path of a ``manifest.yaml`` with further settings.
+
+    Raises:
+        SettingsError: a setting or environment variable is invalid.
+    """
+    if api_prefix and (not api_prefix.startswith("/") or api_prefix.endswith("/")):
+        msg = f"api_prefix: expected a path such as '/api/v1', got {api_prefix!r}"
+        raise KernelError(msg)
+    settings = to_kernel_settings(
+        config if config is not None else ServiceConfig.from_env(),
+        name=name,
+        health_checks=health_checks,
+        manifest=manifest,
+    )
+    app = FastAPI(title=name)
+    for router in routers:
+        app.include_router(router, prefix=api_prefix)
+    init_app_kernel(app, settings, user_store=user_store, is_admin=is_admin)
+    return app

@@ -1,0 +1,134 @@
+"""The ``app-kernel`` command.
+
+``app-kernel serve MODULE:APP`` runs the app under uvicorn; ``app-kernel check
+MODULE:APP`` imports it, validates its settings and prints them with secrets
+redacted. Invalid settings exit with status 2 and a message naming the setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import BaseModel
+
+from app_kernel._runtime import kernel_of_app
+from app_kernel.errors import KernelError, SettingsError
+from app_kernel.kernel import check_startup_settings
+from app_kernel.settings import KernelSettings
+
+__all__ = ("main", "redacted_settings")
+
+_REDACTED = "***"
+
+
+def _load_app(target: str) -> Any:
+    module_name, _, attribute = target.partition(":")
+    if not module_name or not attribute:
+        msg = f"expected MODULE:APP such as examples.service:app, got {target!r}"
+        raise SystemExit(msg)
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    module = importlib.import_module(module_name)
+    try:
+        return getattr(module, attribute)
+    except AttributeError:
+        msg = f"module {module_name!r} has no attribute {attribute!r}"
+        raise SystemExit(msg) from None
+
+
+def _redact(model: BaseModel) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, field in type(model).model_fields.items():
+        value = getattr(model, name)
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        if extra.get("secret"):
+            out[name] = _REDACTED if value else None
+        elif isinstance(value, BaseModel):
+            out[name] = _redact(value)
+        elif name == "health_checks":
+            out[name] = [getattr(c, "__name__", repr(c)) for c in value]
+        elif name in ("url", "database_url") and isinstance(value, str):
+            out[name] = _hide_url_password(value)
+        else:
+            out[name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def _hide_url_password(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
+
+
+def redacted_settings(settings: KernelSettings) -> dict[str, Any]:
+    """The effective settings as a JSON-ready dict, secrets replaced by ``***``."""
+    data = _redact(settings)
+    data["resolved_database_url"] = _hide_url_password(settings.resolved_database_url)
+    return data
+
+
+def _check(args: argparse.Namespace) -> int:
+    app = _load_app(args.app)
+    settings = kernel_of_app(app).settings
+    print(json.dumps(redacted_settings(settings), indent=2, default=str))
+    check_startup_settings(settings)
+    print("settings OK", file=sys.stderr)
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    uvicorn.run(
+        args.app,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        reload=args.reload,
+        proxy_headers=False,
+        log_config=None,
+        app_dir=os.getcwd(),
+    )
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="app-kernel", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run MODULE:APP under uvicorn")
+    serve.add_argument("app", help="the app to run, as MODULE:APP")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=None)
+    serve.add_argument("--reload", action="store_true")
+    serve.set_defaults(run=_serve)
+
+    check = commands.add_parser("check", help="validate and print the settings of MODULE:APP")
+    check.add_argument("app", help="the app to check, as MODULE:APP")
+    check.set_defaults(run=_check)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``app-kernel`` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        code: int = args.run(args)
+    except (SettingsError, KernelError) as exc:
+        print(f"app-kernel: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,172 @@
+"""The composition root: the one place settings become wired objects.
+
+:class:`Kernel` builds, from frozen settings, the database, the coordination
+backend (Redis when ``redis.url`` is set, the embedded SQLite file otherwise)
+and everything later areas hang on them. The API (``app.py``) and the worker
+and CLI (``cli.py``) all build their kernel here. Areas never import each
+other; where one needs another, this module hands it a callable.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Mapping
+from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING, Any
+
+from app_kernel._redis.client import create_redis_client
+from app_kernel._redis.keys import RedisKeys
+from app_kernel._runtime import clear_current
+from app_kernel._sqlite.store import SqliteStore
+from app_kernel.db.engine import Database
+from app_kernel.errors import SettingsError
+from app_kernel.observability.health import check_name
+from app_kernel.observability.logging import configure_logging, get_logger
+from app_kernel.settings import KernelSettings
+from app_kernel.types import HealthCheck
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+__all__ = ("MIN_SECRET_BYTES", "Kernel", "check_startup_settings")
+
+MIN_SECRET_BYTES = 32
+_log = get_logger("app_kernel.kernel")
+
+
+def check_startup_settings(settings: KernelSettings) -> None:
+    """Checks made when the kernel starts rather than when settings are built.
+
+    Raises:
+        SettingsError: outside debug mode, the token secret is missing or shorter
+            than 32 bytes (the spec's examples build settings with placeholder
+            secrets, so this waits for start-up).
+    """
+    if settings.debug or settings.features.auth_mode == "external":
+        return
+    secret = settings.auth.token_secret
+    if not secret:
+        msg = (
+            "auth.token_secret (env JWT_SECRET) is not set: outside debug mode the kernel "
+            f"needs a random secret of at least {MIN_SECRET_BYTES} bytes, for example "
+            "from: python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+        )
+        raise SettingsError(msg)
+    if len(secret.encode("utf-8")) < MIN_SECRET_BYTES:
+        msg = (
+            f"auth.token_secret (env JWT_SECRET) is {len(secret.encode('utf-8'))} bytes: "
+            f"outside debug mode it must be at least {MIN_SECRET_BYTES} bytes"
+        )
+        raise SettingsError(msg)
+
+
+class Kernel:
+    """Everything the kernel wired from one :class:`KernelSettings`.
+
+    Building it does no I/O; :meth:`open` connects and :meth:`close` releases
+    every connection. One kernel serves one API app or one worker process.
+    """
+
+    def __init__(
+        self,
+        settings: KernelSettings,
+        registry: Any = None,
+        *,
+        user_store: Any = None,
+        is_admin: Callable[[Mapping[str, Any]], bool] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.user_store = user_store
+        self.is_admin = is_admin
+        self.database = Database(settings.resolved_database_url)
+        self.redis: Redis | None = None
+        self.sqlite: SqliteStore | None = None
+        if settings.redis.url:
+            self.redis = create_redis_client(settings.redis)
+            self.redis_keys = RedisKeys(settings.redis.key_prefix)
+        else:
+            self.sqlite = SqliteStore(settings.coordination_path)
+        self._exit_stack: AsyncExitStack | None = None
+        self.is_open = False
+
+    @property
+    def backend_name(self) -> str:
+        """``redis`` or ``sqlite``: where cross-process coordination lives."""
+        return "redis" if self.redis is not None else "sqlite"
+
+    async def open(self) -> None:
+        """Check start-up settings, configure logging, connect and create tables."""
+        settings = self.settings
+        check_startup_settings(settings)
+        fmt = settings.observability.log_format
+        if fmt == "auto":
+            fmt = "console" if settings.debug else "json"
+        configure_logging(
+            level=settings.observability.log_level,
+            fmt=fmt,
+            service_name=settings.observability.service_name,
+        )
+        if settings.debug and not settings.auth.token_secret:
+            _log.warning(
+                "debug mode without JWT_SECRET: tokens are signed with a random key "
+                "and stop working when the process restarts"
+            )
+            self.token_secret = secrets.token_urlsafe(48)
+        else:
+            self.token_secret = settings.auth.token_secret or ""
+        stack = AsyncExitStack()
+        try:
+            await self.database.open()
+            stack.push_async_callback(self.database.close)
+            if self.sqlite is not None:
+                await self.sqlite.open()
+                stack.push_async_callback(self.sqlite.close)
+            if self.redis is not None:
+                stack.push_async_callback(self.redis.aclose)
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._exit_stack = stack
+        self.is_open = True
+        _log.info(
+            "kernel started",
+            backend=self.backend_name,
+            database=self.database.url.get_backend_name(),
+        )
+
+    async def close(self) -> None:
+        """Release every connection opened by :meth:`open`, in reverse order."""
+        stack, self._exit_stack = self._exit_stack, None
+        self.is_open = False
+        if stack is not None:
+            await stack.aclose()
+        clear_current(self)
+
+    async def _check_database(self) -> tuple[bool, str]:
+        await self.database.ping()
+        return True, f"{self.database.url.get_backend_name()} answered"
+
+    async def _check_coordination(self) -> tuple[bool, str]:
+        if self.redis is not None:
+            await self.redis.ping()
+            return True, "redis answered"
+        assert self.sqlite is not None
+        await self.sqlite.ping()
+        return True, "embedded store answered"
+
+    def readiness_checks(self) -> list[tuple[str, HealthCheck]]:
+        """The built-in checks, then the app's, with unique names."""
+        checks: list[tuple[str, HealthCheck]] = [
+            ("database", self._check_database),
+            (self.backend_name, self._check_coordination),
+        ]
+        seen = {name for name, _ in checks}
+        for check in self.settings.health_checks:
+            name = base = check_name(check)
+            number = 2
+            while name in seen:
+                name, number = f"{base}#{number}", number + 1
+            seen.add(name)
+            checks.append((name, check))
+        return checks

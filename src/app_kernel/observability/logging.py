@@ -1,0 +1,158 @@
+"""Structured logging: structlog over the standard library, context in contextvars.
+
+Every line carries the fields bound with :func:`log_context` (the request id of
+the request being served, for example). Production writes one JSON object per
+line; debug mode writes readable console lines. Values of keys that look like
+credentials are replaced before anything is rendered, so a password, token or
+``Authorization`` header never reaches a log.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
+from typing import Any, Literal
+
+import structlog
+from structlog.contextvars import bound_contextvars, merge_contextvars
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+__all__ = ("configure_logging", "get_logger", "log_context", "redact_secrets")
+
+REDACTED = "[redacted]"
+
+_SECRET_KEY = re.compile(
+    r"pass(word|wd|phrase)?|secret|token|authorization|api[_-]?key|cookie|credential|private[_-]?key",
+    re.IGNORECASE,
+)
+# Bearer credentials and URL passwords inside free text.
+_SECRET_TEXT = (
+    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+"), r"\1 " + REDACTED),
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^:/@\s]*):[^@\s/]+@"), r"\1:" + REDACTED + "@"),
+)
+
+
+def _scrub(value: Any, depth: int = 0) -> Any:
+    if depth > 4:
+        return value
+    if isinstance(value, str):
+        for pattern, replacement in _SECRET_TEXT:
+            value = pattern.sub(replacement, value)
+        return value
+    if isinstance(value, Mapping):
+        return {
+            k: REDACTED if isinstance(k, str) and _SECRET_KEY.search(k) else _scrub(v, depth + 1)
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return type(value)(_scrub(v, depth + 1) for v in value)
+    return value
+
+
+def redact_secrets(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+    """structlog processor: hide values of credential-like keys and in-text secrets."""
+    del logger, method_name
+    for key, value in list(event_dict.items()):
+        if _SECRET_KEY.search(key):
+            event_dict[key] = REDACTED
+        elif key in ("event", "exception") or isinstance(value, str | Mapping | list | tuple):
+            event_dict[key] = _scrub(value)
+    return event_dict
+
+
+def _shared_processors() -> list[Processor]:
+    return [
+        merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+
+
+def configure_logging(
+    *,
+    level: str = "INFO",
+    fmt: Literal["json", "console"] = "json",
+    service_name: str | None = None,
+    stream: Any = None,
+) -> None:
+    """Route structlog and standard-library logging through one handler.
+
+    Called by the kernel when it starts; calling it again replaces the
+    previous configuration (it is process-wide, like ``logging`` itself).
+    """
+    static: dict[str, Any] = {"service": service_name} if service_name else {}
+
+    def add_service(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+        for key, value in static.items():
+            event_dict.setdefault(key, value)
+        return event_dict
+
+    renderer: Processor
+    if fmt == "console":
+        renderer = structlog.dev.ConsoleRenderer(colors=False)
+        exception_processors: list[Processor] = []
+    else:
+        renderer = structlog.processors.JSONRenderer()
+        exception_processors = [structlog.processors.format_exc_info]
+
+    pre_chain: list[Processor] = [*_shared_processors(), add_service]
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=pre_chain,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            *exception_processors,
+            redact_secrets,
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(formatter)
+    handler.set_name("app_kernel")
+
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        if existing.get_name() == "app_kernel":
+            root.removeHandler(existing)
+    root.addHandler(handler)
+    root.setLevel(level)
+    # uvicorn installs its own handlers; let its records flow through ours instead.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        uvicorn_logger = logging.getLogger(name)
+        uvicorn_logger.handlers.clear()
+        uvicorn_logger.propagate = True
+    # The kernel writes its own access line with the request id and route.
+    logging.getLogger("uvicorn.access").disabled = True
+
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *pre_chain,
+            structlog.stdlib.PositionalArgumentsFormatter(),
+            structlog.processors.StackInfoRenderer(),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+
+
+def get_logger(name: str | None = None, **initial: Any) -> structlog.stdlib.BoundLogger:
+    """A logger taking keyword fields: ``get_logger().info("saved", user_id="1")``."""
+    logger: structlog.stdlib.BoundLogger = structlog.stdlib.get_logger(name or "app")
+    return logger.bind(**initial) if initial else logger
+
+
+@contextmanager
+def log_context(**fields: Any) -> Iterator[MutableMapping[str, Any]]:
+    """Bind ``fields`` to every log line written inside the block.
+
+    The binding lives in a contextvar, so concurrent tasks each see their own
+    fields and the previous values come back when the block ends.
+    """
+    with bound_contextvars(**fields):
+        yield fields

@@ -1,0 +1,104 @@
+"""Request id, per-request log context and the access log line."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from contextvars import ContextVar
+
+from structlog.contextvars import bind_contextvars, reset_contextvars
+
+from app_kernel.observability.logging import get_logger
+from app_kernel.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ("RequestContextMiddleware", "current_request_id", "route_template")
+
+_VALID_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+_request_id: ContextVar[str | None] = ContextVar("app_kernel_request_id", default=None)
+_access_log = get_logger("app_kernel.access")
+
+
+def current_request_id() -> str | None:
+    """The id of the request being served by this task, if any."""
+    return _request_id.get()
+
+
+def route_template(scope: Scope) -> str:
+    """The matched route's full template (``/api/v1/widgets/{id}``), or ``__unmatched__``.
+
+    Routers disagree on what ``scope["route"]`` holds for an included router:
+    older FastAPI copies each route with its prefix, newer FastAPI keeps the
+    original route without it. So the template is rebuilt the same way for
+    both: render the route's own template with the request's path params and
+    put back whatever prefix the real path has in front of it.
+    """
+    route = scope.get("route")
+    template = getattr(route, "path_format", None) or getattr(route, "path", None)
+    if not isinstance(template, str):
+        return "__unmatched__"
+    path: str = scope.get("path", "")
+    root_path: str = scope.get("root_path", "")
+    if root_path and path.startswith(root_path):
+        path = path[len(root_path) :]
+    try:
+        rendered = template.format(**scope.get("path_params", {}))
+    except (KeyError, IndexError, ValueError):
+        return template
+    if rendered and path.endswith(rendered):
+        return path[: len(path) - len(rendered)] + template
+    return template
+
+
+def _incoming_id(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            text = value.decode("latin-1")
+            return text if _VALID_ID.fullmatch(text) else None
+    return None
+
+
+class RequestContextMiddleware:
+    """Give every HTTP request an id, bind it to the logs, echo it, log the request.
+
+    A well-formed incoming ``X-Request-ID`` (1 to 128 of ``[A-Za-z0-9._-]``) is
+    reused; anything else is replaced by a fresh id, so a client cannot inject
+    text into logs through it.
+    """
+
+    def __init__(self, app: ASGIApp, *, access_log: bool = True) -> None:
+        self.app = app
+        self.access_log = access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _incoming_id(scope) or uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        header = (b"x-request-id", request_id.encode("latin-1"))
+        status = 500
+        started = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), header]
+            await send(message)
+
+        id_token = _request_id.set(request_id)
+        log_tokens = bind_contextvars(request_id=request_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            if self.access_log:
+                _access_log.info(
+                    "request",
+                    method=scope["method"],
+                    route=route_template(scope),
+                    status=status,
+                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                )
+            reset_contextvars(**log_tokens)
+            _request_id.reset(id_token)

@@ -1,0 +1,57 @@
+"""The kernel's middleware stack, in one fixed order.
+
+Outermost first, as a request meets them:
+
+1. :class:`RequestContextMiddleware`: request id, log context, access log. It
+   is outermost so that every response, errors included, carries the id and
+   is logged.
+2. :class:`SecurityHeadersMiddleware`: headers on every response.
+3. :class:`UnhandledErrorMiddleware`: an exception nobody handled becomes a
+   500 problem (inside 1 and 2, so that answer has the id and headers too).
+4. :class:`AllowedHostsMiddleware`: unknown Host headers get 400.
+5. Starlette's ``CORSMiddleware``: preflights and CORS headers.
+6. :class:`BodyLimitMiddleware`: bodies over the limit get 413.
+
+Then FastAPI's own exception middleware and router, whose errors (404, 405,
+422, ``HTTPException``) the kernel's handlers render as problems.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
+
+from app_kernel.settings import KernelSettings
+from app_kernel.web.body_limit import BodyLimitMiddleware
+from app_kernel.web.errors import UnhandledErrorMiddleware
+from app_kernel.web.hosts import AllowedHostsMiddleware
+from app_kernel.web.problems import http_exception_handler, validation_exception_handler
+from app_kernel.web.request_context import RequestContextMiddleware
+from app_kernel.web.security_headers import SecurityHeadersMiddleware
+
+__all__ = ("install_http_layer",)
+
+_EXPOSED_HEADERS = ["X-Request-ID", "Retry-After", "RateLimit", "RateLimit-Policy"]
+
+
+def install_http_layer(app: FastAPI, settings: KernelSettings) -> None:
+    """Add the kernel's middleware (in the order above) and error handlers."""
+    http = settings.http
+    # add_middleware puts each new one outermost, so add from the inside out.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=http.max_body_bytes)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=list(http.cors_origins),
+        allow_credentials=http.cors_allow_credentials,
+        allow_methods=["*"],
+        allow_headers=["*"],
+        expose_headers=_EXPOSED_HEADERS,
+    )
+    app.add_middleware(AllowedHostsMiddleware, allowed_hosts=http.allowed_hosts)
+    app.add_middleware(UnhandledErrorMiddleware, debug=settings.debug)
+    app.add_middleware(SecurityHeadersMiddleware)
+    app.add_middleware(RequestContextMiddleware, access_log=settings.observability.access_log)
+    app.add_exception_handler(HTTPException, http_exception_handler)
+    app.add_exception_handler(RequestValidationError, validation_exception_handler)
