@@ -95,6 +95,7 @@ def _serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         reload=args.reload,
         proxy_headers=False,
+        server_header=False,
         log_config=None,
         app_dir=os.getcwd(),
     )

@@ -19,8 +19,9 @@ Nothing here does I/O beyond reading the environment and the manifest file.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 from urllib.parse import urlsplit
 
@@ -87,7 +88,7 @@ def _is_secret_loc(loc: tuple[int | str, ...]) -> bool:
     return any(str(part) in _SECRET_FIELDS for part in loc)
 
 
-_SECRET_FIELDS = frozenset({"token_secret"})
+_SECRET_FIELDS = frozenset({"token_secret", "private_key", "previous_keys"})
 
 
 class _Settings(BaseModel):
@@ -179,7 +180,90 @@ class AuthSettings(_Settings):
     access_token_expires_minutes: int = Field(default=15, gt=0)
     """Lifetime of an access token."""
     refresh_token_expires_days: int = Field(default=30, gt=0)
-    """Lifetime of a refresh token."""
+    """Lifetime of one refresh token; each refresh issues a new one."""
+    refresh_family_max_days: int = Field(default=90, gt=0)
+    """Absolute lifetime of a login: no refresh extends a token family past it."""
+    issuer: str = "app_kernel"
+    """``iss`` of the kernel's tokens; tokens with another issuer are refused."""
+    audience: str = "app_kernel"
+    """``aud`` of the kernel's tokens; tokens for another audience are refused."""
+    algorithm: Literal["HS256", "EdDSA", "ES256"] = "HS256"
+    """Signing algorithm. HS256 uses ``token_secret``; EdDSA and ES256 use the key
+    pair below. No other algorithm is ever accepted."""
+    private_key: str | None = Field(default=None, repr=False, json_schema_extra={"secret": True})
+    """PEM private key for EdDSA or ES256."""
+    public_key: str | None = None
+    """PEM public key for EdDSA or ES256."""
+    key_id: str = "k1"
+    """``kid`` header of tokens signed with the current key."""
+    previous_keys: Mapping[str, str] = Field(
+        default_factory=dict, repr=False, json_schema_extra={"secret": True}
+    )
+    """Retired keys by ``kid`` (HS256 secrets, or PEM public keys for EdDSA and
+    ES256): tokens they signed stay valid until they expire; nothing new is
+    signed with them."""
+    leeway_seconds: int = Field(default=10, ge=0, le=30)
+    """Clock skew tolerated on ``exp``, ``nbf`` and ``iat``; at most 30 s."""
+    max_token_bytes: int = Field(default=8192, ge=1024, le=65536)
+    """Tokens longer than this are refused before any decoding."""
+    argon2_time_cost: int = Field(default=2, ge=1)
+    """Argon2id iterations (OWASP: 2 with 19 MiB)."""
+    argon2_memory_kib: int = Field(default=19456, ge=8)
+    """Argon2id memory in KiB (OWASP: 19456)."""
+    argon2_parallelism: int = Field(default=1, ge=1)
+    """Argon2id lanes (OWASP: 1)."""
+    hash_concurrency: int = Field(default=4, ge=1)
+    """Password hashes computed at once per process; bounds memory under a login storm."""
+    password_min_length: int = Field(default=8, ge=8)
+    """Shortest password accepted."""
+    password_max_length: int = Field(default=256, ge=64, le=4096)
+    """Longest password accepted; longer ones are refused before hashing."""
+    login_max_failures_per_user: int = Field(default=5, gt=0)
+    """Failed logins allowed per username within the window before 429."""
+    login_max_failures_per_ip: int = Field(default=20, gt=0)
+    """Failed logins allowed per client IP within the window before 429."""
+    login_failure_window_seconds: int = Field(default=900, gt=0)
+    """Window of the failed-login counters."""
+    revocation_cache_seconds: float = Field(default=1.0, ge=0, le=1.0)
+    """How long a process may reuse a user's revocation state; at most 1 s."""
+    oidc_issuer: str | None = None
+    """External mode: the OpenID Connect issuer whose tokens are accepted."""
+    oidc_jwks_url: str | None = None
+    """External mode: the issuer's JWKS URL."""
+    oidc_audience: str | None = None
+    """External mode: the ``aud`` the tokens must carry."""
+    oidc_role_claim: str = "role"
+    """External mode: the claim (a string or a list) holding the user's role;
+    ``admin`` in it makes the user an admin."""
+    oidc_algorithms: tuple[str, ...] = ("RS256", "ES256", "EdDSA")
+    """External mode: signature algorithms accepted from the issuer."""
+    oidc_jwks_cache_seconds: int = Field(default=600, gt=0)
+    """External mode: how long fetched keys are reused."""
+
+    @field_validator("previous_keys")
+    @classmethod
+    def _freeze_keys(cls, value: Mapping[str, str]) -> Mapping[str, str]:
+        return MappingProxyType(dict(value))
+
+    @field_validator("oidc_algorithms")
+    @classmethod
+    def _check_oidc_algorithms(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        allowed = {"RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"}
+        bad = [alg for alg in value if alg not in allowed]
+        if bad or not value:
+            msg = f"expected asymmetric algorithms from {sorted(allowed)}, got {list(value)!r}"
+            raise ValueError(msg)
+        return value
+
+    @model_validator(mode="after")
+    def _check_keys(self) -> AuthSettings:
+        if self.algorithm != "HS256" and not (self.private_key and self.public_key):
+            msg = f"algorithm {self.algorithm} needs private_key and public_key (PEM)"
+            raise ValueError(msg)
+        if self.password_max_length < self.password_min_length:
+            msg = "password_max_length is below password_min_length"
+            raise ValueError(msg)
+        return self
 
 
 class JobSettings(_Settings):

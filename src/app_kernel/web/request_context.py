@@ -5,23 +5,18 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from contextvars import ContextVar
 
 from structlog.contextvars import bind_contextvars, reset_contextvars
 
+from app_kernel.observability.context import request_client_ip, request_id
 from app_kernel.observability.logging import get_logger
 from app_kernel.types import ASGIApp, Message, Receive, Scope, Send
+from app_kernel.web.client_ip import ClientIpResolver
 
-__all__ = ("RequestContextMiddleware", "current_request_id", "route_template")
+__all__ = ("RequestContextMiddleware", "route_template")
 
 _VALID_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
-_request_id: ContextVar[str | None] = ContextVar("app_kernel_request_id", default=None)
 _access_log = get_logger("app_kernel.access")
-
-
-def current_request_id() -> str | None:
-    """The id of the request being served by this task, if any."""
-    return _request_id.get()
 
 
 def route_template(scope: Scope) -> str:
@@ -63,20 +58,27 @@ class RequestContextMiddleware:
 
     A well-formed incoming ``X-Request-ID`` (1 to 128 of ``[A-Za-z0-9._-]``) is
     reused; anything else is replaced by a fresh id, so a client cannot inject
-    text into logs through it.
+    text into logs through it. The client IP is resolved once here, by the
+    trusted-proxy rule, for every later part of the kernel.
     """
 
-    def __init__(self, app: ASGIApp, *, access_log: bool = True) -> None:
+    def __init__(
+        self, app: ASGIApp, *, client_ip: ClientIpResolver, access_log: bool = True
+    ) -> None:
         self.app = app
+        self.client_ip = client_ip
         self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = _incoming_id(scope) or uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
-        header = (b"x-request-id", request_id.encode("latin-1"))
+        rid = _incoming_id(scope) or uuid.uuid4().hex
+        client_ip = self.client_ip(scope)
+        state = scope.setdefault("state", {})
+        state["request_id"] = rid
+        state["client_ip"] = client_ip
+        header = (b"x-request-id", rid.encode("latin-1"))
         status = 500
         started = time.perf_counter()
 
@@ -87,8 +89,9 @@ class RequestContextMiddleware:
                 message["headers"] = [*message.get("headers", ()), header]
             await send(message)
 
-        id_token = _request_id.set(request_id)
-        log_tokens = bind_contextvars(request_id=request_id)
+        id_token = request_id.set(rid)
+        ip_token = request_client_ip.set(client_ip)
+        log_tokens = bind_contextvars(request_id=rid)
         try:
             await self.app(scope, receive, send_with_id)
         finally:
@@ -101,4 +104,5 @@ class RequestContextMiddleware:
                     duration_ms=round((time.perf_counter() - started) * 1000, 2),
                 )
             reset_contextvars(**log_tokens)
-            _request_id.reset(id_token)
+            request_client_ip.reset(ip_token)
+            request_id.reset(id_token)

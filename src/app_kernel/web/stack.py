@@ -25,6 +25,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from app_kernel.settings import KernelSettings
 from app_kernel.web.body_limit import BodyLimitMiddleware
+from app_kernel.web.client_ip import ClientIpResolver
 from app_kernel.web.errors import UnhandledErrorMiddleware
 from app_kernel.web.hosts import AllowedHostsMiddleware
 from app_kernel.web.problems import http_exception_handler, validation_exception_handler
@@ -52,6 +53,10 @@ def install_http_layer(app: FastAPI, settings: KernelSettings) -> None:
     app.add_middleware(AllowedHostsMiddleware, allowed_hosts=http.allowed_hosts)
     app.add_middleware(UnhandledErrorMiddleware, debug=settings.debug)
     app.add_middleware(SecurityHeadersMiddleware)
-    app.add_middleware(RequestContextMiddleware, access_log=settings.observability.access_log)
+    app.add_middleware(
+        RequestContextMiddleware,
+        client_ip=ClientIpResolver(http.trusted_proxies),
+        access_log=settings.observability.access_log,
+    )
     app.add_exception_handler(HTTPException, http_exception_handler)
     app.add_exception_handler(RequestValidationError, validation_exception_handler)

@@ -1,0 +1,33 @@
+# Developer entry points. `make test` is the project's single test command.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# examples/ and benchmarks/ may not exist yet; only hand existing paths to ruff.
+LINT_PATHS := $(wildcard src tests examples benchmarks)
+
+.PHONY: install lint test run format
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -e '.[dev]'
+	touch $@
+
+lint: install
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test: install lint
+	$(BIN)/pytest
+
+run: install
+	DEBUG=$${DEBUG:-true} $(BIN)/app-kernel serve examples.service:app --host 127.0.0.1 --port $${PORT:-8000}
+
+format: install
+	$(BIN)/ruff format $(LINT_PATHS)
+	$(BIN)/ruff check --fix $(LINT_PATHS)
