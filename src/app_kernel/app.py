@@ -10,8 +10,11 @@ from typing import Any
 from fastapi import APIRouter, FastAPI
 
 from app_kernel._runtime import set_current
+from app_kernel.auth.deps import require_admin
+from app_kernel.auth.routes import auth_router
 from app_kernel.errors import KernelError
 from app_kernel.kernel import Kernel
+from app_kernel.observability.audit_routes import audit_router
 from app_kernel.observability.health import health_router
 from app_kernel.service_config import ServiceConfig, to_kernel_settings
 from app_kernel.settings import KernelSettings
@@ -31,6 +34,7 @@ def init_app_kernel(
     *,
     user_store: Any = None,
     is_admin: IsAdmin | None = None,
+    api_prefix: str = "",
 ) -> Kernel:
     """Wire the kernel into ``app``: middleware, error handlers, routes, lifespan.
 
@@ -44,6 +48,7 @@ def init_app_kernel(
         registry: the app's job registry, for the job client.
         user_store: the app's ``UserStore``; the kernel's SQL store if None.
         is_admin: decides from a user record whether the user is an admin.
+        api_prefix: prefix of the auth routes (``create_service`` passes its own).
 
     Raises:
         KernelError: the app already has a kernel.
@@ -68,6 +73,12 @@ def init_app_kernel(
             )
         )
 
+    if features.enable_auth_routes:
+        app.include_router(auth_router(features), prefix=api_prefix)
+        _point_authorize_button(app, f"{api_prefix}{features.auth_prefix}/login")
+    if features.enable_audit_routes:
+        app.include_router(audit_router(features.audit_path, require_admin))
+
     app_lifespan = app.router.lifespan_context
 
     @asynccontextmanager
@@ -81,6 +92,23 @@ def init_app_kernel(
 
     app.router.lifespan_context = lifespan
     return kernel
+
+
+def _point_authorize_button(app: FastAPI, token_url: str) -> None:
+    """Make the OpenAPI "Authorize" button post to the mounted login route."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            schemes = schema.get("components", {}).get("securitySchemes", {})
+            for scheme in schemes.values():
+                password = scheme.get("flows", {}).get("password")
+                if password is not None:
+                    password["tokenUrl"] = token_url
+        return app.openapi_schema or build()
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def create_service(
@@ -124,5 +152,5 @@ def create_service(
     app = FastAPI(title=name)
     for router in routers:
         app.include_router(router, prefix=api_prefix)
-    init_app_kernel(app, settings, user_store=user_store, is_admin=is_admin)
+    init_app_kernel(app, settings, user_store=user_store, is_admin=is_admin, api_prefix=api_prefix)
     return app

@@ -18,8 +18,17 @@ from app_kernel._redis.client import create_redis_client
 from app_kernel._redis.keys import RedisKeys
 from app_kernel._runtime import clear_current
 from app_kernel._sqlite.store import SqliteStore
+from app_kernel.auth.apikeys import ApiKeyStore
+from app_kernel.auth.passwords import PasswordHasher
+from app_kernel.auth.service import AuthService
+from app_kernel.auth.sql_store import SqlUserStore
+from app_kernel.auth.state.base import AuthStateBackend
+from app_kernel.auth.state.redis import RedisAuthState
+from app_kernel.auth.state.sqlite import SqliteAuthState
+from app_kernel.auth.tokens import TokenCodec
 from app_kernel.db.engine import Database
 from app_kernel.errors import SettingsError
+from app_kernel.observability.audit import AuditLogger, SqlAuditStore
 from app_kernel.observability.health import check_name
 from app_kernel.observability.logging import configure_logging, get_logger
 from app_kernel.settings import KernelSettings
@@ -82,13 +91,45 @@ class Kernel:
         self.database = Database(settings.resolved_database_url)
         self.redis: Redis | None = None
         self.sqlite: SqliteStore | None = None
+        auth_state: AuthStateBackend
         if settings.redis.url:
             self.redis = create_redis_client(settings.redis)
             self.redis_keys = RedisKeys(settings.redis.key_prefix)
+            auth_state = RedisAuthState(self.redis, self.redis_keys)
         else:
             self.sqlite = SqliteStore(settings.coordination_path)
+            auth_state = SqliteAuthState(self.sqlite)
+        self.audit = AuditLogger(SqlAuditStore(self.database))
+        self.auth = self._build_auth(auth_state)
         self._exit_stack: AsyncExitStack | None = None
         self.is_open = False
+
+    def _build_auth(self, state: AuthStateBackend) -> AuthService:
+        settings = self.settings
+        # Without a configured secret, a random one stands in so that building the
+        # kernel never fails; open() refuses to start outside debug mode.
+        self.token_secret = settings.auth.token_secret or secrets.token_urlsafe(48)
+        oidc = None
+        if settings.features.auth_mode == "external":
+            from app_kernel.auth.external import OidcVerifier
+
+            oidc = OidcVerifier.from_settings(settings.auth)
+        sql_users = SqlUserStore(self.database)
+        return AuthService(
+            settings=settings.auth,
+            features=settings.features,
+            codec=TokenCodec.from_settings(settings.auth, self.token_secret),
+            hasher=PasswordHasher.from_settings(settings.auth),
+            users=self.user_store if self.user_store is not None else sql_users,
+            state=state,
+            api_keys=ApiKeyStore(
+                self.database, cache_seconds=settings.auth.revocation_cache_seconds
+            ),
+            audit=self.audit.log,
+            is_admin=self.is_admin,
+            oidc=oidc,
+            sql_users=sql_users,
+        )
 
     @property
     def backend_name(self) -> str:
@@ -112,9 +153,6 @@ class Kernel:
                 "debug mode without JWT_SECRET: tokens are signed with a random key "
                 "and stop working when the process restarts"
             )
-            self.token_secret = secrets.token_urlsafe(48)
-        else:
-            self.token_secret = settings.auth.token_secret or ""
         stack = AsyncExitStack()
         try:
             await self.database.open()
@@ -124,6 +162,7 @@ class Kernel:
                 stack.push_async_callback(self.sqlite.close)
             if self.redis is not None:
                 stack.push_async_callback(self.redis.aclose)
+            stack.push_async_callback(self.auth.aclose)
         except BaseException:
             await stack.aclose()
             raise

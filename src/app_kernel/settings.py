@@ -64,7 +64,9 @@ def _from_env(var: str, parser: Callable[[str, str], T], default: T) -> Any:
         value = env_value(var, parser)
         return default if value is None else value
 
-    return Field(default_factory=factory, json_schema_extra={"env": var})
+    # validate_default: a value read from the environment is checked (and
+    # normalised) like one passed explicitly.
+    return Field(default_factory=factory, validate_default=True, json_schema_extra={"env": var})
 
 
 def _describe(section: str, exc: ValidationError) -> str:
@@ -410,9 +412,11 @@ class FeatureSettings(_Settings):
     """Where credentials come from; env ``KERNEL_AUTH_MODE``. Default: local."""
     allow_self_signup: bool = Field(
         default_factory=lambda: bool(signup_from_env()),
-        json_schema_extra={"env": "KERNEL_ALLOW_SIGNUP"},
+        # Both variables rank above a manifest, not only the KERNEL_ one.
+        json_schema_extra={"env": ["KERNEL_ALLOW_SIGNUP", "ALLOW_SELF_SIGNUP"]},
     )
-    """Mount the register route; env ``KERNEL_ALLOW_SIGNUP``. Default: False."""
+    """Mount the register route; env ``KERNEL_ALLOW_SIGNUP`` (or ``ALLOW_SELF_SIGNUP``).
+    Default: False."""
     auth_prefix: str = "/auth"
     """Prefix of the auth routes."""
     enable_audit_routes: bool = _from_env("KERNEL_ENABLE_AUDIT", parse_bool, False)

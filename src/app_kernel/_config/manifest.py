@@ -75,13 +75,16 @@ def _submodel(model: type[BaseModel], key: str) -> type[BaseModel] | None:
     return None
 
 
-def _env_var(model: type[BaseModel], key: str) -> str | None:
+def _env_vars(model: type[BaseModel], key: str) -> tuple[str, ...]:
+    """The variables a field reads: its ``env`` extra, one name or a list of names."""
     extra = model.model_fields[key].json_schema_extra
     if isinstance(extra, dict):
         var = extra.get("env")
         if isinstance(var, str):
-            return var
-    return None
+            return (var,)
+        if isinstance(var, list):
+            return tuple(v for v in var if isinstance(v, str))
+    return ()
 
 
 def merge_layers(
@@ -100,8 +103,7 @@ def merge_layers(
     merged: dict[str, Any] = {}
     for layer in lower:
         for key, value in layer.items():
-            var = _env_var(model, key)
-            if var is not None and os.environ.get(var):
+            if any(os.environ.get(var) for var in _env_vars(model, key)):
                 continue
             sub = _submodel(model, key)
             if sub is not None and isinstance(value, Mapping):

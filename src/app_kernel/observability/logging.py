@@ -63,6 +63,17 @@ def redact_secrets(logger: WrappedLogger, method_name: str, event_dict: EventDic
     return event_dict
 
 
+# Read at every call rather than captured: structlog caches a logger's processors
+# on first use, so a closure would keep the service name of the first configuration.
+_static_fields: dict[str, Any] = {}
+
+
+def _add_static_fields(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    for key, value in _static_fields.items():
+        event_dict.setdefault(key, value)
+    return event_dict
+
+
 def _shared_processors() -> list[Processor]:
     return [
         merge_contextvars,
@@ -84,12 +95,9 @@ def configure_logging(
     Called by the kernel when it starts; calling it again replaces the
     previous configuration (it is process-wide, like ``logging`` itself).
     """
-    static: dict[str, Any] = {"service": service_name} if service_name else {}
-
-    def add_service(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
-        for key, value in static.items():
-            event_dict.setdefault(key, value)
-        return event_dict
+    _static_fields.clear()
+    if service_name:
+        _static_fields["service"] = service_name
 
     renderer: Processor
     if fmt == "console":
@@ -99,7 +107,7 @@ def configure_logging(
         renderer = structlog.processors.JSONRenderer()
         exception_processors = [structlog.processors.format_exc_info]
 
-    pre_chain: list[Processor] = [*_shared_processors(), add_service]
+    pre_chain: list[Processor] = [*_shared_processors(), _add_static_fields]
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=pre_chain,
         processors=[

@@ -2,13 +2,15 @@
 
 ``app-kernel serve MODULE:APP`` runs the app under uvicorn; ``app-kernel check
 MODULE:APP`` imports it, validates its settings and prints them with secrets
-redacted. Invalid settings exit with status 2 and a message naming the setting.
+redacted; ``app-kernel users ...`` and ``app-kernel api-keys ...`` manage
+accounts and machine credentials. Invalid settings exit with status 2 and a
+message naming the setting.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
+import asyncio
 import json
 import os
 import sys
@@ -18,6 +20,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from app_kernel._runtime import kernel_of_app
+from app_kernel.cli import apikeys, users
+from app_kernel.cli._target import load_app
 from app_kernel.errors import KernelError, SettingsError
 from app_kernel.kernel import check_startup_settings
 from app_kernel.settings import KernelSettings
@@ -25,21 +29,6 @@ from app_kernel.settings import KernelSettings
 __all__ = ("main", "redacted_settings")
 
 _REDACTED = "***"
-
-
-def _load_app(target: str) -> Any:
-    module_name, _, attribute = target.partition(":")
-    if not module_name or not attribute:
-        msg = f"expected MODULE:APP such as examples.service:app, got {target!r}"
-        raise SystemExit(msg)
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    module = importlib.import_module(module_name)
-    try:
-        return getattr(module, attribute)
-    except AttributeError:
-        msg = f"module {module_name!r} has no attribute {attribute!r}"
-        raise SystemExit(msg) from None
 
 
 def _redact(model: BaseModel) -> dict[str, Any]:
@@ -77,7 +66,7 @@ def redacted_settings(settings: KernelSettings) -> dict[str, Any]:
 
 
 def _check(args: argparse.Namespace) -> int:
-    app = _load_app(args.app)
+    app = load_app(args.app)
     settings = kernel_of_app(app).settings
     print(json.dumps(redacted_settings(settings), indent=2, default=str))
     check_startup_settings(settings)
@@ -117,6 +106,9 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="validate and print the settings of MODULE:APP")
     check.add_argument("app", help="the app to check, as MODULE:APP")
     check.set_defaults(run=_check)
+
+    users.add_parser(commands)
+    apikeys.add_parser(commands)
     return parser
 
 
@@ -124,7 +116,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``app-kernel`` console script."""
     args = _parser().parse_args(argv)
     try:
-        code: int = args.run(args)
+        if hasattr(args, "run_async"):
+            code: int = asyncio.run(args.run_async(args))
+        else:
+            code = args.run(args)
     except (SettingsError, KernelError) as exc:
         print(f"app-kernel: {exc}", file=sys.stderr)
         return 2
