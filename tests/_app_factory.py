@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field
 
 from app_kernel import KernelSettings, init_app_kernel
 from app_kernel.observability.logging import configure_logging
+from app_kernel.settings import RedisSettings
 
 SECRET = "test-secret-0123456789-abcdefghijklmnopqrstuvwxyz"
 """A token secret long enough (48 bytes) for the start-up check outside debug mode."""
@@ -91,6 +92,22 @@ def build_app(settings: KernelSettings, *, prefix: str = "/api/v1") -> FastAPI:
     app.include_router(demo_router(), prefix=prefix)
     init_app_kernel(app, settings)
     return app
+
+
+def backend_settings(
+    tmp_path: Path,
+    *,
+    redis_url: str | None,
+    redis_key_prefix: str | None,
+    database_url: str,
+    **overrides: Any,
+) -> KernelSettings:
+    """:func:`settings_for` on a given coordination backend (Redis or, with
+    ``redis_url=None``, embedded SQLite) and SQL database."""
+    redis = RedisSettings()
+    if redis_url is not None:
+        redis = RedisSettings(url=redis_url, key_prefix=redis_key_prefix or "app_kernel:")
+    return settings_for(tmp_path, redis=redis, database_url=database_url, **overrides)
 
 
 @asynccontextmanager

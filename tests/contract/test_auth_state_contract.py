@@ -178,8 +178,7 @@ async def test_family_expires(state: AuthStateBackend) -> None:
 
 
 async def test_concurrent_rotations_admit_exactly_one(state: AuthStateBackend) -> None:
-    """The first rotation wins; the next sees a retired token and revokes the family,
-    so every later one finds it revoked."""
+    """One call rotates, the next is a reuse that revokes, the rest find the family revoked."""
     family = await _family(state)
 
     outcomes = await asyncio.gather(*(state.rotate(family, "j0", f"n{i}") for i in range(50)))

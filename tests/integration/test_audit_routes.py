@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Annotated
+from typing import Annotated, Any
 
 import httpx
 import pytest
@@ -45,18 +45,24 @@ async def audit(tmp_path: Path) -> AsyncIterator[AuditLogger]:
 
 
 @pytest.fixture
-async def client(audit: AuditLogger) -> AsyncIterator[httpx.AsyncClient]:
+def app() -> FastAPI:
+    """Built outside the event loop: building routes is slow in asyncio debug mode."""
     app = FastAPI()
-    app.state.app_kernel = SimpleNamespace(audit=audit)
     app.add_exception_handler(StarletteHTTPException, http_exception_handler)
     app.add_exception_handler(RequestValidationError, validation_exception_handler)
     app.include_router(audit_router("/audit", fake_admin))
+    return app
+
+
+@pytest.fixture
+async def client(app: FastAPI, audit: AuditLogger) -> AsyncIterator[httpx.AsyncClient]:
+    app.state.app_kernel = SimpleNamespace(audit=audit)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
         yield http
 
 
-async def _log_spaced(audit: AuditLogger, count: int, **fields: str) -> list[AuditEvent]:
+async def _log_spaced(audit: AuditLogger, count: int, **fields: Any) -> list[AuditEvent]:
     events = []
     for n in range(count):
         events.append(await audit.log(f"step.{n}", **fields))

@@ -6,19 +6,18 @@ import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
-from app_kernel import _runtime
 from app_kernel.db.engine import Database
-from app_kernel.errors import BackendUnavailable, KernelError, KernelNotInitialized
+from app_kernel.errors import BackendUnavailable
 from app_kernel.observability.audit import (
     AuditEvent,
     AuditLogger,
     SqlAuditStore,
     audit_events_table,
-    get_audit,
 )
 from app_kernel.observability.context import request_client_ip, request_id
 
@@ -40,10 +39,12 @@ def audit(database: Database) -> AuditLogger:
 
 async def _count(database: Database) -> int:
     async with database.engine.connect() as conn:
-        return int((await conn.execute(select(func.count()).select_from(audit_events_table))).scalar_one())
+        return int(
+            (await conn.execute(select(func.count()).select_from(audit_events_table))).scalar_one()
+        )
 
 
-async def _log_spaced(audit: AuditLogger, *actions: str, **fields: str) -> list[AuditEvent]:
+async def _log_spaced(audit: AuditLogger, *actions: str, **fields: Any) -> list[AuditEvent]:
     """Log one event per action, a few milliseconds apart so their order is certain."""
     events = []
     for action in actions:
@@ -67,7 +68,12 @@ async def test_logged_event_round_trips(audit: AuditLogger) -> None:
     [stored] = await audit.query(actor_id="u1")
 
     assert stored == event
-    assert stored.to_dict()["metadata"] == {"method": "password", "attempt": 2, "ok": True, "ratio": 0.5}
+    assert stored.to_dict()["metadata"] == {
+        "method": "password",
+        "attempt": 2,
+        "ok": True,
+        "ratio": 0.5,
+    }
     assert len(stored.id) == 32
     assert stored.status == "success"
     assert stored.actor_type == "user"
@@ -110,7 +116,9 @@ async def test_query_filters_combine(audit: AuditLogger) -> None:
         ("doc.delete", "bob"),
     }
     assert actions(await audit.query(status="failure")) == {("doc.delete", "bob")}
-    assert actions(await audit.query(action="doc.delete", actor_id="bob", status="success")) == set()
+    assert (
+        actions(await audit.query(action="doc.delete", actor_id="bob", status="success")) == set()
+    )
 
 
 async def test_after_and_before_are_exclusive_bounds(audit: AuditLogger) -> None:

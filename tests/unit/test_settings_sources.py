@@ -154,7 +154,9 @@ class TestCreateService:
         assert settings.reliability.rate_limit_requests == 7
 
     def test_name_becomes_the_service_name(self, manifest: Path) -> None:
-        settings = _settings_of(create_service("orders", [], config=ServiceConfig(), manifest=manifest))
+        settings = _settings_of(
+            create_service("orders", [], config=ServiceConfig(), manifest=manifest)
+        )
         assert settings.observability.service_name == "orders"
 
     def test_service_config_defaults_apply_without_other_sources(self) -> None:

@@ -167,13 +167,13 @@ def test_bad_value_names_the_setting(build: object, names: str) -> None:
 
 
 def test_redis_url_error_hides_the_password() -> None:
-    with pytest.raises(SettingsError, match="redis.url") as caught:
+    with pytest.raises(SettingsError, match=r"redis\.url") as caught:
         RedisSettings(url="redis://:pa55word@cache:port/0")
     assert "pa55word" not in str(caught.value)
 
 
 def test_secret_field_error_does_not_echo_the_value() -> None:
-    with pytest.raises(SettingsError, match="auth.token_secret") as caught:
+    with pytest.raises(SettingsError, match=r"auth\.token_secret") as caught:
         AuthSettings(token_secret=["correct-horse-battery-staple"])  # type: ignore[arg-type]
     assert "correct-horse" not in str(caught.value)
 
@@ -181,7 +181,10 @@ def test_secret_field_error_does_not_echo_the_value() -> None:
 @pytest.mark.parametrize(
     ("given", "stored"),
     [
-        ("postgresql://u:pw@db.internal:5432/app", "postgresql+asyncpg://u:pw@db.internal:5432/app"),
+        (
+            "postgresql://u:pw@db.internal:5432/app",
+            "postgresql+asyncpg://u:pw@db.internal:5432/app",
+        ),
         ("postgres://u@db.internal/app", "postgresql+asyncpg://u@db.internal/app"),
         ("postgresql+asyncpg://u@db.internal/app", "postgresql+asyncpg://u@db.internal/app"),
         ("sqlite:///./data/app.db", "sqlite+aiosqlite:///./data/app.db"),
@@ -237,7 +240,7 @@ class TestEnvironmentValues:
 
     def test_malformed_redis_url_from_env(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("REDIS_URL", "localhost:6379")
-        with pytest.raises(SettingsError, match="redis.url"):
+        with pytest.raises(SettingsError, match=r"redis\.url"):
             KernelSettings()
 
     @pytest.mark.parametrize("build", [KernelSettings, ServiceConfig.from_env])
@@ -273,14 +276,14 @@ class TestManifestKeys:
     def test_unknown_nested_key(self, tmp_path: Path) -> None:
         manifest = tmp_path / "manifest.yaml"
         manifest.write_text("redis:\n  key_prefx: svc\n")
-        with pytest.raises(SettingsError, match="'redis.key_prefx'") as caught:
+        with pytest.raises(SettingsError, match=r"'redis\.key_prefx'") as caught:
             KernelSettings.from_manifest(manifest)
         assert "did you mean 'redis.key_prefix'" in str(caught.value)
 
     def test_bad_value_in_manifest_names_the_setting(self, tmp_path: Path) -> None:
         manifest = tmp_path / "manifest.yaml"
         manifest.write_text("reliability:\n  rate_limit_window_seconds: -1\n")
-        with pytest.raises(SettingsError, match="reliability.rate_limit_window_seconds"):
+        with pytest.raises(SettingsError, match=r"reliability\.rate_limit_window_seconds"):
             KernelSettings.from_manifest(manifest)
 
     def test_missing_manifest(self, tmp_path: Path) -> None:

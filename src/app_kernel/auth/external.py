@@ -197,8 +197,12 @@ class OidcVerifier:
                 f"{sorted(_ASYMMETRIC_ALGORITHMS)}, got {algorithms!r}"
             )
             raise SettingsError(msg)
-        if min(cache_seconds, http_timeout_seconds) <= 0 or leeway_seconds < 0:
-            msg = "OidcVerifier: cache and timeout must be positive, leeway 0 or more"
+        positive = (cache_seconds, http_timeout_seconds, max_jwks_bytes, max_token_bytes)
+        if min(positive) <= 0 or leeway_seconds < 0:
+            msg = (
+                "OidcVerifier: cache_seconds, http_timeout_seconds, max_jwks_bytes and "
+                "max_token_bytes must be positive, leeway_seconds 0 or more"
+            )
             raise SettingsError(msg)
         self.issuer = issuer
         self.jwks_url = jwks_url
@@ -211,12 +215,13 @@ class OidcVerifier:
         self._max_jwks_bytes = max_jwks_bytes
         self._max_token_bytes = max_token_bytes
         self._owns_client = client is None
-        self._client = client or httpx.AsyncClient(
-            follow_redirects=False, timeout=http_timeout_seconds
-        )
+        # Made on first use, in a thread: loading the CA bundle would block the loop.
+        self._client = client
         self._lock = asyncio.Lock()
         self._key_set: _KeySet | None = None
-        self._attempts = 0  # JWKS fetches tried; tells a waiter that one just ran
+        # JWKS fetches finished, with or without success: a caller that waited for
+        # the lock sees it change and shares the outcome instead of fetching again.
+        self._attempts = 0
         self._last_failure = float("-inf")
         self._last_unknown_kid_fetch = float("-inf")
 
@@ -296,8 +301,9 @@ class OidcVerifier:
 
     async def aclose(self) -> None:
         """Close the HTTP client if the verifier created it."""
-        if self._owns_client:
-            await self._client.aclose()
+        if self._owns_client and self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
 
     # --- header ---------------------------------------------------------------------
 
@@ -366,13 +372,14 @@ class OidcVerifier:
                 if now - self._last_unknown_kid_fetch < UNKNOWN_KID_REFETCH_SECONDS:
                     return self._usable(current)
                 self._last_unknown_kid_fetch = now
-            self._attempts += 1
             try:
                 keys = self._parse_jwks(await self._download())
             except _JwksError as exc:
+                self._attempts += 1
                 self._last_failure = time.monotonic()
                 _log.warning("oidc_jwks_fetch_failed", url=self.jwks_url, reason=str(exc))
                 return self._usable(current)
+            self._attempts += 1
             self._key_set = _KeySet(keys=keys, fetched_at=now)
             return self._key_set
 
@@ -389,11 +396,16 @@ class OidcVerifier:
             # A compressed body could expand far past the size cap before it is counted.
             "Accept-Encoding": "identity",
         }
+        if self._client is None:
+            self._client = await asyncio.to_thread(
+                httpx.AsyncClient, follow_redirects=False, timeout=self._timeout
+            )
+        client = self._client
         body = bytearray()
         try:
             async with (
                 asyncio.timeout(self._timeout),
-                self._client.stream(
+                client.stream(
                     "GET",
                     self.jwks_url,
                     headers=headers,

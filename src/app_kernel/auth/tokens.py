@@ -503,7 +503,11 @@ class TokenCodec:
 
         Raises:
             InvalidTokenError: the token is refused, for the reason in its message.
+            ValueError: ``expected_type`` is neither ``access`` nor ``refresh``.
         """
+        if expected_type not in _HEADER_TYP:
+            msg = f"expected_type must be 'access' or 'refresh', got {expected_type!r}"
+            raise ValueError(msg)
         if not isinstance(token, str):
             raise InvalidTokenError(_NOT_A_STRING)
         # Before anything else: no base64 or JSON work on oversized input.
@@ -522,7 +526,8 @@ class TokenCodec:
         key = self.keys.verification_key(kid)
         claims = self._verify(token, key)
         # Parsed again by the kernel, rejecting duplicate names that json.loads
-        # would silently resolve (RFC 8725 §3.3); bounded by the size cap.
+        # resolves silently (RFC 8725 §3.3); both readings must then agree, so
+        # no parser difference can decide what the claims are.
         payload = _parse_json_object(_b64url_decode(payload_segment))
         if payload != claims:
             raise InvalidTokenError(_MALFORMED)

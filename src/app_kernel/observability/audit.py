@@ -25,9 +25,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app_kernel._runtime import current_kernel
 from app_kernel.db.tables import kernel_metadata
-from app_kernel.errors import BackendUnavailable, KernelError, KernelNotInitialized
+from app_kernel.errors import BackendUnavailable, KernelError
 from app_kernel.observability.context import current_client_ip, current_request_id
-from app_kernel.observability.logging import _SECRET_KEY, _SECRET_TEXT, REDACTED
+from app_kernel.observability.logging import REDACTED, is_secret_key, scrub_text
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Dialect
@@ -45,7 +45,6 @@ __all__ = (
     "SqlAuditStore",
     "audit_events_table",
     "get_audit",
-    "kernel_audit",
 )
 
 MAX_ACTION_LENGTH = 128
@@ -275,12 +274,6 @@ class SqlAuditStore:
 # --- metadata scrubbing ----------------------------------------------------------------
 
 
-def _scrub_text(value: str) -> str:
-    for pattern, replacement in _SECRET_TEXT:
-        value = pattern.sub(replacement, value)
-    return value
-
-
 def _json_safe(value: Any, depth: int = 0) -> Any:
     """A JSON-ready copy of ``value`` with credentials replaced by ``[redacted]``."""
     if value is None or isinstance(value, bool | int):
@@ -288,14 +281,14 @@ def _json_safe(value: Any, depth: int = 0) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
     if isinstance(value, str):
-        return _scrub_text(value)
+        return scrub_text(value)
     if depth >= _MAX_METADATA_DEPTH:
         return _TRUNCATED
     if isinstance(value, Mapping):
         scrubbed: dict[str, Any] = {}
         for key, item in value.items():
             name = str(key)[:_MAX_METADATA_KEY_LENGTH]
-            scrubbed[name] = REDACTED if _SECRET_KEY.search(name) else _json_safe(item, depth + 1)
+            scrubbed[name] = REDACTED if is_secret_key(name) else _json_safe(item, depth + 1)
         return scrubbed
     if isinstance(value, list | tuple | set | frozenset):
         return [_json_safe(item, depth + 1) for item in value]
@@ -303,7 +296,7 @@ def _json_safe(value: Any, depth: int = 0) -> Any:
         return value.isoformat()
     if isinstance(value, enum.Enum):
         return _json_safe(value.value, depth + 1)
-    return _scrub_text(str(value))
+    return scrub_text(str(value))
 
 
 def _size(value: Any) -> int:
@@ -486,23 +479,10 @@ class AuditLogger:
         )
 
 
-def kernel_audit(kernel: object) -> AuditLogger:
-    """The audit logger of ``kernel`` (its ``audit`` attribute).
-
-    Raises:
-        KernelNotInitialized: the kernel has no audit logger.
-    """
-    audit = getattr(kernel, "audit", None)
-    if not isinstance(audit, AuditLogger):
-        msg = "this kernel has no audit logger (Kernel.audit is not set)"
-        raise KernelNotInitialized(msg)
-    return audit
-
-
 def get_audit() -> AuditLogger:
     """The current kernel's audit logger.
 
     Raises:
         KernelNotInitialized: ``init_app_kernel()`` has not been called.
     """
-    return kernel_audit(current_kernel("get_audit()"))
+    return current_kernel("get_audit()").audit

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from app_kernel._runtime import kernel_of_app
-from app_kernel.observability.audit import MAX_QUERY_LIMIT, kernel_audit
+from app_kernel.observability.audit import MAX_QUERY_LIMIT
 
 __all__ = ("audit_router",)
 
@@ -50,7 +50,7 @@ def audit_router(path: str, admin_dependency: Callable[..., Any]) -> APIRouter:
         offset: Annotated[int, Query(ge=0)] = 0,
     ) -> dict[str, Any]:
         """Audit events matching every given filter, newest first."""
-        store = kernel_audit(kernel_of_app(request.app)).store
+        store = kernel_of_app(request.app).audit.store
         # One more than asked tells whether another page exists.
         events = await store.query(
             actor_id=actor_id,

@@ -20,31 +20,76 @@ import structlog
 from structlog.contextvars import bound_contextvars, merge_contextvars
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-__all__ = ("configure_logging", "get_logger", "log_context", "redact_secrets")
+__all__ = (
+    "REDACTED",
+    "configure_logging",
+    "get_logger",
+    "is_secret_key",
+    "log_context",
+    "redact_secrets",
+    "scrub_text",
+)
 
 REDACTED = "[redacted]"
+_TOO_DEEP = "[too deep]"
+_MAX_DEPTH = 6
 
-_SECRET_KEY = re.compile(
-    r"pass(word|wd|phrase)?|secret|token|authorization|api[_-]?key|cookie|credential|private[_-]?key",
-    re.IGNORECASE,
+# Words that make a key's value a secret, matched against the key's parts
+# ("refresh_token", "X-API-Key") so that "max_tokens" or "passenger" stay visible.
+_SECRET_WORDS = frozenset(
+    {
+        "password",
+        "passwd",
+        "passphrase",
+        "pass",
+        "pwd",
+        "secret",
+        "token",
+        "jwt",
+        "authorization",
+        "cookie",
+        "credential",
+        "credentials",
+        "apikey",
+        "privatekey",
+        "signature",
+    }
 )
+_KEY_PARTS = re.compile(r"[^a-z0-9]+")
 # Bearer credentials and URL passwords inside free text.
 _SECRET_TEXT = (
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+"), r"\1 " + REDACTED),
     (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^:/@\s]*):[^@\s/]+@"), r"\1:" + REDACTED + "@"),
+    (re.compile(r"\bak_[0-9a-f]{12}_[A-Za-z0-9_-]{20,}"), REDACTED),
 )
 
 
+def is_secret_key(name: str) -> bool:
+    """True when a field named ``name`` holds a credential (``password``, ``api_key`` ...)."""
+    lowered = name.lower()
+    parts = [part for part in _KEY_PARTS.split(lowered) if part]
+    if any(part in _SECRET_WORDS for part in parts):
+        return True
+    joined = "".join(parts)
+    return "apikey" in joined or "privatekey" in joined or "password" in joined
+
+
+def scrub_text(text: str) -> str:
+    """``text`` with bearer tokens, API keys and URL passwords replaced."""
+    for pattern, replacement in _SECRET_TEXT:
+        text = pattern.sub(replacement, text)
+    return text
+
+
 def _scrub(value: Any, depth: int = 0) -> Any:
-    if depth > 4:
-        return value
     if isinstance(value, str):
-        for pattern, replacement in _SECRET_TEXT:
-            value = pattern.sub(replacement, value)
-        return value
+        return scrub_text(value)
+    if depth >= _MAX_DEPTH and isinstance(value, Mapping | list | tuple):
+        # Deeper than anyone logs on purpose; hide it rather than risk a secret.
+        return _TOO_DEEP
     if isinstance(value, Mapping):
         return {
-            k: REDACTED if isinstance(k, str) and _SECRET_KEY.search(k) else _scrub(v, depth + 1)
+            k: REDACTED if isinstance(k, str) and is_secret_key(k) else _scrub(v, depth + 1)
             for k, v in value.items()
         }
     if isinstance(value, list | tuple):
@@ -56,7 +101,7 @@ def redact_secrets(logger: WrappedLogger, method_name: str, event_dict: EventDic
     """structlog processor: hide values of credential-like keys and in-text secrets."""
     del logger, method_name
     for key, value in list(event_dict.items()):
-        if _SECRET_KEY.search(key):
+        if is_secret_key(key):
             event_dict[key] = REDACTED
         elif key in ("event", "exception") or isinstance(value, str | Mapping | list | tuple):
             event_dict[key] = _scrub(value)
@@ -101,11 +146,14 @@ def configure_logging(
 
     renderer: Processor
     if fmt == "console":
-        renderer = structlog.dev.ConsoleRenderer(colors=False)
-        exception_processors: list[Processor] = []
+        # Plain tracebacks, formatted before redaction: the default (rich, with every
+        # frame's locals) takes seconds on the event loop and bypasses redact_secrets.
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=False, exception_formatter=structlog.dev.plain_traceback
+        )
     else:
         renderer = structlog.processors.JSONRenderer()
-        exception_processors = [structlog.processors.format_exc_info]
+    exception_processors: list[Processor] = [structlog.processors.format_exc_info]
 
     pre_chain: list[Processor] = [*_shared_processors(), _add_static_fields]
     formatter = structlog.stdlib.ProcessorFormatter(

@@ -1,0 +1,200 @@
+"""Structured logging: JSON lines, bound context, task isolation and secret redaction."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+import structlog
+
+from app_kernel import get_logger, log_context
+from app_kernel.observability.logging import configure_logging
+
+
+def _lines(stream: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
+
+
+@contextmanager
+def _configured(**options: Any) -> Iterator[io.StringIO]:
+    """Configure logging into a StringIO; undo it (handler, root level) afterwards."""
+    out = io.StringIO()
+    root = logging.getLogger()
+    level = root.level
+    configure_logging(stream=out, **options)
+    try:
+        yield out
+    finally:
+        for handler in list(root.handlers):
+            if handler.get_name() == "app_kernel":
+                root.removeHandler(handler)
+        root.setLevel(level)
+        structlog.reset_defaults()
+
+
+@pytest.fixture
+def stream() -> Iterator[io.StringIO]:
+    """Logging configured as JSON lines into a StringIO, for service ``svc``."""
+    with _configured(level="INFO", fmt="json", service_name="svc") as out:
+        yield out
+
+
+def test_fields_are_written_as_json(stream: io.StringIO) -> None:
+    get_logger().info("order placed", user_id="1", items=3)
+    [line] = _lines(stream)
+    assert line["event"] == "order placed"
+    assert line["user_id"] == "1"
+    assert line["items"] == 3
+    assert line["level"] == "info"
+    assert line["service"] == "svc"
+    assert line["timestamp"].endswith("Z")
+
+
+def test_standard_library_records_are_json_too(stream: io.StringIO) -> None:
+    logging.getLogger("some.library").warning("disk %s%% full", 91)
+    [line] = _lines(stream)
+    assert line["event"] == "disk 91% full"
+    assert line["logger"] == "some.library"
+    assert line["level"] == "warning"
+    assert line["service"] == "svc"
+
+
+def test_level_filters_lower_records() -> None:
+    with _configured(level="WARNING", fmt="json") as out:
+        log = get_logger("levels")
+        log.info("quiet")
+        log.warning("loud")
+    assert [line["event"] for line in _lines(out)] == ["loud"]
+
+
+class TestLogContext:
+    """log_context binds fields to every line inside its block, and only there."""
+
+    def test_binds_and_unbinds(self, stream: io.StringIO) -> None:
+        log = get_logger()
+        with log_context(request_id="abc", user_id="123"):
+            log.info("step 1")
+            log.info("step 2", extra_field=True)
+        log.info("after")
+        step1, step2, after = _lines(stream)
+        assert (step1["request_id"], step1["user_id"]) == ("abc", "123")
+        assert (step2["request_id"], step2["user_id"], step2["extra_field"]) == ("abc", "123", True)
+        assert "request_id" not in after
+        assert "user_id" not in after
+
+    def test_nested_blocks_restore_the_outer_value(self, stream: io.StringIO) -> None:
+        log = get_logger()
+        with log_context(user_id="outer"):
+            with log_context(user_id="inner", step="x"):
+                log.info("inside")
+            log.info("back")
+        inside, back = _lines(stream)
+        assert (inside["user_id"], inside["step"]) == ("inner", "x")
+        assert back["user_id"] == "outer"
+        assert "step" not in back
+
+    async def test_concurrent_tasks_see_only_their_own_fields(self, stream: io.StringIO) -> None:
+        log = get_logger()
+        both_bound = asyncio.Barrier(2)
+
+        async def work(name: str) -> None:
+            with log_context(**{f"{name}_id": name}, task=name):
+                await both_bound.wait()  # the other task has bound its fields too
+                log.info("working", who=name)
+                await asyncio.sleep(0)
+                log.info("done", who=name)
+
+        await asyncio.gather(work("a"), work("b"))
+        log.info("parent")
+        lines = _lines(stream)
+        for line in lines[:-1]:
+            who = line["who"]
+            other = "b" if who == "a" else "a"
+            assert line["task"] == who
+            assert line[f"{who}_id"] == who
+            assert f"{other}_id" not in line
+        assert sorted(line["who"] for line in lines[:-1]) == ["a", "a", "b", "b"]
+        assert "task" not in lines[-1]
+
+
+class TestRedaction:
+    """Credentials never reach the output, whatever field or text they are in."""
+
+    SECRETS = ("hunter2", "tok-123", "key-456", "abc.def.ghi", "pg-pass", "redis-pass", "dXNlcjpw")
+
+    def _assert_clean(self, text: str) -> None:
+        leaked = [secret for secret in self.SECRETS if secret in text]
+        assert not leaked, f"leaked {leaked} in {text}"
+
+    def test_credential_fields(self, stream: io.StringIO) -> None:
+        get_logger().info(
+            "login",
+            username="ann",
+            password="hunter2",
+            token="tok-123",
+            api_key="key-456",
+            authorization="Bearer abc.def.ghi",
+        )
+        [line] = _lines(stream)
+        self._assert_clean(stream.getvalue())
+        assert line["username"] == "ann"
+        for key in ("password", "token", "api_key", "authorization"):
+            assert line[key] == "[redacted]"
+
+    def test_nested_headers(self, stream: io.StringIO) -> None:
+        headers = {"Authorization": "Basic dXNlcjpw", "Accept": "application/json"}
+        get_logger().info("outgoing", headers=headers, attempts=[{"token": "tok-123"}])
+        [line] = _lines(stream)
+        self._assert_clean(stream.getvalue())
+        assert line["headers"]["Accept"] == "application/json"
+        assert line["headers"]["Authorization"] == "[redacted]"
+
+    def test_secrets_inside_text(self, stream: io.StringIO) -> None:
+        log = get_logger()
+        log.info("calling upstream with Bearer abc.def.ghi")
+        log.info("connect", dsn="postgresql://app:pg-pass@db.internal:5432/app")
+        logging.getLogger("redis.lib").error("lost redis://:redis-pass@cache:6379/0")
+        self._assert_clean(stream.getvalue())
+        first, second, third = _lines(stream)
+        assert first["event"] == "calling upstream with Bearer [redacted]"
+        assert second["dsn"] == "postgresql://app:[redacted]@db.internal:5432/app"
+        assert "cache:6379" in third["event"]
+
+    def test_exception_text(self, stream: io.StringIO) -> None:
+        try:
+            msg = "cannot reach postgresql://app:pg-pass@db.internal/app"
+            raise ConnectionError(msg)
+        except ConnectionError:
+            get_logger().exception("startup failed")
+        [line] = _lines(stream)
+        self._assert_clean(stream.getvalue())
+        assert "ConnectionError" in line["exception"]
+
+    def test_exception_text_in_console_format(self) -> None:
+        with _configured(fmt="console") as out:
+            try:
+                msg = "cannot reach redis://:redis-pass@cache:6379"
+                raise ConnectionError(msg)
+            except ConnectionError:
+                get_logger().exception("startup failed")
+        text = out.getvalue()
+        self._assert_clean(text)
+        assert "ConnectionError" in text
+        assert "Traceback" in text
+
+
+def test_reconfiguring_applies_to_loggers_already_used() -> None:
+    """A logger used under one configuration follows the next one (its service name)."""
+    log = get_logger("reconfigured")
+    with _configured(fmt="json", service_name="first") as first:
+        log.info("one")
+        with _configured(fmt="json", service_name="second") as second:
+            log.info("two")
+    assert [(line["event"], line["service"]) for line in _lines(first)] == [("one", "first")]
+    assert [(line["event"], line["service"]) for line in _lines(second)] == [("two", "second")]
