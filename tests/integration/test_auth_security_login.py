@@ -108,6 +108,10 @@ class TestEnumeration:
         assert (await attempt(http, "alice")).status_code == 200
         assert hashing.take() == ["verify"]
 
+
+class TestStoredHash:
+    """L2, L3: a broken or foreign stored hash fails like a wrong password."""
+
     @pytest.mark.parametrize(
         "stored",
         [
@@ -124,7 +128,7 @@ class TestEnumeration:
     async def test_unusable_stored_hash_is_a_plain_401(
         self, http: httpx.AsyncClient, kernel: Kernel, hashing: HashCalls, stored: str
     ) -> None:
-        """L2/L3: a broken or foreign hash (and a 73+ byte password) fails like a wrong one."""
+        """Also with a 73+ byte password, which legacy bcrypt would choke on."""
         dave = await add_user(kernel, "dave")
         assert await kernel.auth.users.set_password_hash(dave["id"], stored)  # type: ignore[attr-defined]
         hashing.take()
@@ -141,9 +145,10 @@ class TestEnumeration:
 class TestInputBounds:
     """L4, L9: oversized or misplaced credentials are refused before any hashing."""
 
-    @pytest.mark.parametrize(
-        ("username", "password"),
-        [
+    async def test_refused_with_422_without_hashing(
+        self, http: httpx.AsyncClient, alice: dict[str, Any], hashing: HashCalls
+    ) -> None:
+        cases: list[tuple[Any, Any]] = [
             ("alice", "p" * 1_000_000),
             ("a" * 10_000, PASSWORD),
             ("", PASSWORD),
@@ -151,31 +156,15 @@ class TestInputBounds:
             ({"$ne": None}, PASSWORD),
             ("alice", ["a", "b"]),
             (None, PASSWORD),
-        ],
-        ids=[
-            "1MB-password",
-            "10k-username",
-            "empty-user",
-            "empty-password",
-            "object",
-            "list",
-            "null",
-        ],
-    )
-    async def test_refused_with_422_without_hashing(
-        self,
-        http: httpx.AsyncClient,
-        alice: dict[str, Any],
-        hashing: HashCalls,
-        username: Any,
-        password: Any,
-    ) -> None:
-        response = await attempt(http, username, password)
+        ]
+        for username, password in cases:
+            response = await attempt(http, username, password)
 
-        body = assert_problem(response, 422)
-        assert hashing.take() == []
-        assert PASSWORD not in response.text and "ppppp" not in response.text
-        assert all("input" not in error for error in body["errors"])
+            body = assert_problem(response, 422)
+            assert hashing.take() == []
+            assert PASSWORD not in response.text
+            assert "ppppp" not in response.text
+            assert all("input" not in error for error in body["errors"])
 
     async def test_credentials_in_the_query_string_are_not_read(
         self, http: httpx.AsyncClient, alice: dict[str, Any], hashing: HashCalls
@@ -199,30 +188,26 @@ class TestInputBounds:
 class TestUsernames:
     """L5, L6: usernames are literal text, compared after NFKC and case folding."""
 
-    @pytest.mark.parametrize(
-        "username",
-        ["admin' OR '1'='1", "admin'--", "admin\x00", '{"$ne":null}', "admin\u200d", "*", "%"],
-    )
     async def test_injection_shaped_usernames_are_literal(
-        self, http: httpx.AsyncClient, kernel: Kernel, username: str
+        self, http: httpx.AsyncClient, kernel: Kernel
     ) -> None:
         await add_user(kernel, "admin", role="admin")
+        usernames = ["admin' OR '1'='1", "admin'--", "admin\x00", '{"$ne":null}', "admin\u200d"]
 
-        response = await attempt(http, username)
+        for username in [*usernames, "*", "%", "admin%", "adm_n"]:
+            assert_unauthorized(await attempt(http, username), presented=False)
 
-        assert_unauthorized(response, presented=False)
-
-    @pytest.mark.parametrize("username", ["ADMIN", "Admin", "ＡＤＭＩＮ", " admin ", "ᴬᴰᴹᴵᴺ"])
     async def test_equivalent_spellings_log_in_as_the_same_user(
-        self, http: httpx.AsyncClient, kernel: Kernel, username: str
+        self, http: httpx.AsyncClient, kernel: Kernel
     ) -> None:
         admin = await add_user(kernel, "admin")
+        fullwidth = "\uff21\uff24\uff2d\uff29\uff2e"
+        superscript = "\u1d2c\u1d30\u1d39\u1d35\u1d3a"
 
-        pair = await login(http, username)
-
-        assert (await http.get(WHOAMI, headers=bearer(pair["access_token"]))).json()["id"] == admin[
-            "id"
-        ]
+        for username in ("ADMIN", "Admin", fullwidth, " admin ", superscript):
+            pair = await login(http, username)
+            me = await http.get(WHOAMI, headers=bearer(pair["access_token"]))
+            assert me.json()["id"] == admin["id"], username
 
 
 class TestRehash:
@@ -261,7 +246,7 @@ class TestThrottle:
     ) -> None:
         await add_user(kernel, "bob")
         # Spelling variants share one counter (they are one username).
-        for username in ("alice", "Alice", "ALICE", "ａｌｉｃｅ", " alice"):
+        for username in ("alice", "Alice", "ALICE", "\uff41\uff4c\uff49\uff43\uff45", " alice"):
             assert_unauthorized(await attempt(http, username, "wrong password"), presented=False)
 
         response = await attempt(http, "alice")

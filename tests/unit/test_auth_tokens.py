@@ -184,13 +184,14 @@ class TestRoundTrip:
         assert payload.aud == "app_kernel"
         assert payload.kid == "k1"
         assert payload.fam is None
-        assert payload.exp - payload.iat == 15 * 60
-        assert payload.nbf == payload.iat
+        assert payload.exp - payload.nbf == 15 * 60
+        assert payload.nbf <= payload.iat < payload.nbf + 1
 
     def test_access_token_fields_are_typed(self, codec: TokenCodec) -> None:
         payload = codec.decode(codec.encode_access(USER))
         assert isinstance(payload, TokenPayload)
-        assert all(isinstance(getattr(payload, n), int) for n in ("iat", "nbf", "exp"))
+        assert all(isinstance(getattr(payload, n), int) for n in ("nbf", "exp"))
+        assert isinstance(payload.iat, float)
         assert abs(payload.iat - time.time()) < 5
         assert len(payload.jti) >= 16
 
@@ -228,7 +229,7 @@ class TestRoundTrip:
         assert payload.typ == "refresh"
         assert payload.fam == "fam-1"
         assert payload.role is None
-        assert payload.exp - payload.iat == 30 * 86400
+        assert payload.exp - payload.nbf == 30 * 86400
 
     def test_refresh_expiry_never_passes_the_family_end(self, codec: TokenCodec) -> None:
         now = time.time()
@@ -245,8 +246,8 @@ class TestRoundTrip:
             refresh = create_refresh_token(USER, secret, expires_delta=timedelta(days=30))
             a = decode_token(access, secret)
             r = decode_token(refresh, secret, expected_type="refresh")
-        assert (a.sub, a.typ, a.role, a.exp - a.iat) == ("user-1", "access", "editor", 900)
-        assert (r.sub, r.typ, r.exp - r.iat) == ("user-1", "refresh", 30 * 86400)
+        assert (a.sub, a.typ, a.role, a.exp - a.nbf) == ("user-1", "access", "editor", 900)
+        assert (r.sub, r.typ, r.exp - r.nbf) == ("user-1", "refresh", 30 * 86400)
         assert r.fam is not None
         assert len(r.fam) >= 16
         again = decode_token(
@@ -363,14 +364,25 @@ class TestTimes:
     def test_missing_registered_claim(self, codec: TokenCodec, claim: str) -> None:
         assert refused(codec, forge(body=claims(**{claim: None}))) == f"missing claim {claim}"
 
-    @pytest.mark.parametrize("claim", ["exp", "iat", "nbf"])
-    @pytest.mark.parametrize("kind", ["string", "float", "bool"])
-    def test_times_must_be_integers(self, codec: TokenCodec, claim: str, kind: str) -> None:
-        """PyJWT alone accepts ``"exp": "1999999999"``; the kernel does not."""
+    @pytest.mark.parametrize(
+        ("claim", "kind"),
+        [
+            *((c, k) for c in ("exp", "nbf") for k in ("string", "float", "bool")),
+            ("iat", "string"),
+            ("iat", "bool"),
+        ],
+    )
+    def test_times_must_be_numbers(self, codec: TokenCodec, claim: str, kind: str) -> None:
+        """PyJWT alone accepts ``"exp": "1999999999"``; the kernel does not. ``exp`` and
+        ``nbf`` are whole seconds; ``iat`` may carry milliseconds."""
         value = int(time.time()) + (300 if claim == "exp" else 0)
         odd = {"string": str(value), "float": value + 0.5, "bool": True}[kind]
         reason = refused(codec, forge(body=claims(**{claim: odd})))
         assert reason in {"invalid claims", "invalid token", "token expired"}
+
+    def test_fractional_iat_is_accepted(self, codec: TokenCodec) -> None:
+        iat = time.time() - 1.25
+        assert codec.decode(forge(body=claims(iat=iat))).iat == iat
 
     def test_string_exp_is_refused_by_the_kernel_itself(self, codec: TokenCodec) -> None:
         exp = str(int(time.time()) + 300)

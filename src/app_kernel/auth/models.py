@@ -67,7 +67,7 @@ class TokenPayload(BaseModel):
         sub: the user id.
         typ: ``access`` or ``refresh``; one never stands in for the other.
         jti: unique token id.
-        iat: issued at (seconds since the epoch).
+        iat: issued at (seconds since the epoch, to the millisecond).
         nbf: not valid before.
         exp: expires at.
         iss: issuer.
@@ -83,7 +83,7 @@ class TokenPayload(BaseModel):
     sub: str
     typ: Literal["access", "refresh"]
     jti: str
-    iat: int
+    iat: float
     nbf: int
     exp: int
     iss: str

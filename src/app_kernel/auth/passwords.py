@@ -52,7 +52,7 @@ OWASP_PARALLELISM = 1
 _DEFAULT_CONCURRENCY = 4
 _ARGON2_PREFIXES = ("$argon2id$", "$argon2i$", "$argon2d$")
 
-T = TypeVar("T")
+_T = TypeVar("_T")
 
 
 class PasswordHasher:
@@ -219,7 +219,7 @@ class PasswordHasher:
             self._semaphores[loop] = semaphore
         return semaphore
 
-    async def _offload(self, func: Callable[..., T], *args: object) -> T:
+    async def _offload(self, func: Callable[..., _T], *args: object) -> _T:
         semaphore = self._semaphore()
         await semaphore.acquire()
         try:
@@ -228,7 +228,7 @@ class PasswordHasher:
             semaphore.release()
             raise
 
-        def done(finished: asyncio.Future[T]) -> None:
+        def done(finished: asyncio.Future[_T]) -> None:
             # The slot is freed when the thread ends, not when the caller gives
             # up waiting: a cancelled login still holds its memory until then.
             semaphore.release()

@@ -18,6 +18,7 @@ import base64
 import binascii
 import contextlib
 import json
+import math
 import re
 import secrets
 import time
@@ -466,10 +467,13 @@ class TokenCodec:
         return token, TokenPayload(**claims, kid=self.keys.key_id)
 
     def _registered(self, sub: str, ttl: timedelta, now: float | None) -> dict[str, Any]:
-        issued = int(time.time() if now is None else now)
+        at = time.time() if now is None else now
+        issued = int(at)
         return {
             "sub": sub,
-            "iat": issued,
+            # Milliseconds (RFC 7519 allows a non-integer NumericDate): a revocation
+            # ("tokens issued before T") must tell apart tokens of the same second.
+            "iat": round(at, 3),
             "nbf": issued,
             "exp": issued + int(ttl.total_seconds()),
             "jti": secrets.token_urlsafe(16),
@@ -588,9 +592,13 @@ class TokenCodec:
             raise InvalidTokenError(_WRONG_ISSUER)
         if claims.get("aud") != self.audience:
             raise InvalidTokenError(_WRONG_AUDIENCE)
-        for name in ("iat", "nbf", "exp"):
+        for name in ("nbf", "exp"):
             if type(claims.get(name)) is not int:
                 raise InvalidTokenError(_INVALID_CLAIMS)
+        iat = claims.get("iat")
+        # bool is an int subclass, hence the exact type test.
+        if type(iat) not in (int, float) or not math.isfinite(iat):  # type: ignore[arg-type]
+            raise InvalidTokenError(_INVALID_CLAIMS)
         now = time.time()
         if claims["exp"] <= now - self.leeway_seconds:
             raise InvalidTokenError(_EXPIRED)
