@@ -19,6 +19,8 @@ from app_kernel._redis.keys import RedisKeys
 from app_kernel._runtime import clear_current
 from app_kernel._sqlite.store import SqliteStore
 from app_kernel.auth.apikeys import ApiKeyStore
+from app_kernel.auth.deps import get_optional_user
+from app_kernel.auth.models import UserIdentity
 from app_kernel.auth.passwords import PasswordHasher
 from app_kernel.auth.service import AuthService
 from app_kernel.auth.sql_store import SqlUserStore
@@ -36,6 +38,7 @@ from app_kernel.types import HealthCheck
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+    from starlette.requests import Request
 
 __all__ = ("MIN_SECRET_BYTES", "Kernel", "check_startup_settings")
 
@@ -130,6 +133,14 @@ class Kernel:
             oidc=oidc,
             sql_users=sql_users,
         )
+
+    async def optional_user(self, request: Request) -> UserIdentity | None:
+        """The caller of ``request`` or None, resolved once per request.
+
+        Areas that must not import auth (rate limits keyed by user, idempotency
+        scoped to the caller) reach the caller through this.
+        """
+        return await get_optional_user(request)
 
     @property
     def backend_name(self) -> str:

@@ -174,6 +174,8 @@ def to_kernel_settings(
     observability["service_name"] = name
     if health_checks:
         explicit["health_checks"] = tuple(health_checks)
+    # create_service applies the global limit unless the manifest says otherwise.
+    defaults_layer.setdefault("reliability", {})["global_rate_limit"] = True
     layers: list[dict[str, Any]] = [defaults_layer]
     if manifest is not None:
         layers.append(load_manifest(manifest, KernelSettings))

@@ -290,6 +290,19 @@ class StreamingSettings(_Settings):
     """Streams one user may hold open at once, across every server."""
     lease_ttl_seconds: int = Field(default=180, gt=0)
     """A lease not refreshed for this long expires (its server died)."""
+    lease_refresh_interval_seconds: float | None = Field(default=None, gt=0)
+    """How often a held lease is refreshed in the background; None means a third
+    of ``lease_ttl_seconds``. Must be below the TTL."""
+    backend_timeout_seconds: float = Field(default=0.5, gt=0)
+    """Time a lease operation may take before it fails (closed: 503)."""
+
+    @model_validator(mode="after")
+    def _check_refresh(self) -> StreamingSettings:
+        interval = self.lease_refresh_interval_seconds
+        if interval is not None and interval >= self.lease_ttl_seconds:
+            msg = "lease_refresh_interval_seconds must be below lease_ttl_seconds"
+            raise ValueError(msg)
+        return self
 
 
 class RequestMetricsSettings(_Settings):
@@ -340,6 +353,32 @@ class ReliabilitySettings(_Settings):
     """Requests allowed per window by default."""
     rate_limit_window_seconds: int = Field(default=60, gt=0)
     """Length of the default rate-limit window."""
+    global_rate_limit: bool = False
+    """Apply the default limit to every route but health, metrics and docs.
+    ``create_service`` turns it on; ``init_app_kernel`` leaves it to you."""
+    exact_window_threshold: int = Field(default=128, gt=0)
+    """Limits up to this many requests use an exact sliding log; larger ones a
+    sliding-window counter in constant memory."""
+    backend_timeout_seconds: float = Field(default=0.05, gt=0)
+    """Time a rate-limit check may take before the backend counts as down."""
+    fail_open: bool = True
+    """With the backend down, let requests through (logged and counted);
+    False answers 503 instead."""
+    shadow_mode: bool = False
+    """Count and log what would be refused, but refuse nothing."""
+    idempotency_ttl_seconds: int = Field(default=86_400, gt=0)
+    """How long a stored response is replayed for its Idempotency-Key."""
+    idempotency_lock_ttl_seconds: float = Field(default=30.0, gt=0)
+    """A claim whose process died is released after this long; a live handler
+    heartbeats it."""
+    idempotency_key_max_length: int = Field(default=255, ge=16, le=1024)
+    """Longest Idempotency-Key accepted; longer ones get 400."""
+    idempotency_max_body_bytes: int = Field(default=262_144, gt=0)
+    """Largest response body stored for replay; larger answers are not stored."""
+    idempotency_all_routes: bool = False
+    """Apply idempotency to every POST and PATCH route, not only those that opt in."""
+    idempotency_backend_timeout_seconds: float = Field(default=0.5, gt=0)
+    """Time an idempotency operation may take before it fails (closed: 503)."""
 
 
 class HttpSettings(_Settings):
