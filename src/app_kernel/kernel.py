@@ -21,7 +21,7 @@ from app_kernel._sqlite.store import SqliteStore
 from app_kernel.auth.apikeys import ApiKeyStore
 from app_kernel.auth.deps import get_optional_user
 from app_kernel.auth.models import UserIdentity
-from app_kernel.auth.passwords import PasswordHasher
+from app_kernel.auth.passwords import OWASP_MEMORY_KIB, OWASP_TIME_COST, PasswordHasher
 from app_kernel.auth.service import AuthService
 from app_kernel.auth.sql_store import SqlUserStore
 from app_kernel.auth.state.base import AuthStateBackend
@@ -159,6 +159,15 @@ class Kernel:
             fmt=fmt,
             service_name=settings.observability.service_name,
         )
+        auth = settings.auth
+        if not settings.debug and (
+            auth.argon2_time_cost < OWASP_TIME_COST or auth.argon2_memory_kib < OWASP_MEMORY_KIB
+        ):
+            _log.warning(
+                "argon2 parameters are below the OWASP minimum (t=2, m=19456 KiB)",
+                time_cost=auth.argon2_time_cost,
+                memory_kib=auth.argon2_memory_kib,
+            )
         if settings.debug and not settings.auth.token_secret:
             _log.warning(
                 "debug mode without JWT_SECRET: tokens are signed with a random key "

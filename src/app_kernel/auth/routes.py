@@ -8,6 +8,7 @@ from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import JSONResponse, Response
 
@@ -77,20 +78,24 @@ async def _login_body(request: Request) -> LoginRequest:
             raw = await request.body()
             if len(raw) > _MAX_FORM_BYTES:
                 raise AuthError(413, "The login form is too large.")
-            form = parse_qs(raw.decode("utf-8", "replace"), max_num_fields=10)
+            try:
+                form = parse_qs(raw.decode("utf-8", "replace"), max_num_fields=10)
+            except ValueError:  # more fields than max_num_fields
+                error = {"loc": ("body",), "msg": "Too many form fields.", "type": "value_error"}
+                raise RequestValidationError([error]) from None
             data: Any = {k: v[0] for k, v in form.items() if v}
             return LoginRequest.model_validate(data)
         return LoginRequest.model_validate_json(await request.body())
     except ValidationError as exc:
-        from fastapi.exceptions import RequestValidationError
-
         raise RequestValidationError(exc.errors(include_input=False)) from None
 
 
 def _user_view(record: Any, identity: UserIdentity) -> dict[str, Any]:
+    # The role stays the identity's: the one the token or key grants (``is_admin``
+    # may override the stored role), so ``role`` and ``is_admin`` always agree.
     data = identity.to_dict()
     if record is not None:
-        for key in ("username", "email", "role", "is_active", "created_at"):
+        for key in ("username", "email", "is_active", "created_at"):
             if key in record and record[key] is not None:
                 data[key] = record[key]
         data["is_admin"] = identity.is_admin

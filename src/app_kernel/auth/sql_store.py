@@ -87,6 +87,9 @@ class SqlUserStore:
     ) -> UserRecord:
         """Create a user. With ``session`` the row joins that transaction uncommitted.
 
+        A taken name fails the caller's transaction, which must then be rolled
+        back (the ``ValueError`` propagating out of ``session.begin()`` does that).
+
         Raises:
             ValueError: the username or email is taken, or the username is invalid.
         """
@@ -117,9 +120,11 @@ class SqlUserStore:
 
     @staticmethod
     async def _insert(session: AsyncSession, values: dict[str, Any]) -> None:
+        # No SAVEPOINT: the SQLite driver opens its transaction lazily, so a SAVEPOINT
+        # issued first becomes the outermost transaction and its RELEASE commits the
+        # row, before the audit row of the same transaction is even written.
         try:
-            async with session.begin_nested():
-                await session.execute(users_table.insert().values(**values))
+            await session.execute(users_table.insert().values(**values))
         except IntegrityError:
             msg = "a user with this username or email already exists"
             raise ValueError(msg) from None

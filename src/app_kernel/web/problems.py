@@ -15,17 +15,20 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from app_kernel.observability.logging import get_logger
 from app_kernel.types import Scope
 
 __all__ = (
     "PROBLEM_CONTENT_TYPE",
     "ProblemResponse",
+    "backend_unavailable_handler",
     "http_exception_handler",
     "problem_response",
     "validation_exception_handler",
 )
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
+_log = get_logger("app_kernel.errors")
 
 
 class ProblemResponse(JSONResponse):
@@ -84,6 +87,21 @@ async def http_exception_handler(request: Request, exc: Exception) -> Response:
         return Response(status_code=exc.status_code, headers=exc.headers)
     return problem_response(
         request.scope, exc.status_code, detail=detail, headers=exc.headers, extra=extra
+    )
+
+
+async def backend_unavailable_handler(request: Request, exc: Exception) -> Response:
+    """A coordination or storage backend failed: 503, so clients retry later.
+
+    Parts that fail closed (leases, idempotency, login throttling) raise
+    ``BackendUnavailable``; the cause is logged, never sent to the client.
+    """
+    _log.warning("backend unavailable", error=str(exc), path=request.url.path)
+    return problem_response(
+        request.scope,
+        503,
+        detail="A backend the service depends on is unavailable; try again shortly.",
+        headers={"Retry-After": "1"},
     )
 
 

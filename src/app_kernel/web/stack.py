@@ -23,12 +23,17 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 
+from app_kernel.errors import BackendUnavailable
 from app_kernel.settings import KernelSettings
 from app_kernel.web.body_limit import BodyLimitMiddleware
 from app_kernel.web.client_ip import ClientIpResolver
 from app_kernel.web.errors import UnhandledErrorMiddleware
 from app_kernel.web.hosts import AllowedHostsMiddleware
-from app_kernel.web.problems import http_exception_handler, validation_exception_handler
+from app_kernel.web.problems import (
+    backend_unavailable_handler,
+    http_exception_handler,
+    validation_exception_handler,
+)
 from app_kernel.web.request_context import RequestContextMiddleware
 from app_kernel.web.security_headers import SecurityHeadersMiddleware
 
@@ -60,3 +65,4 @@ def install_http_layer(app: FastAPI, settings: KernelSettings) -> None:
     )
     app.add_exception_handler(HTTPException, http_exception_handler)
     app.add_exception_handler(RequestValidationError, validation_exception_handler)
+    app.add_exception_handler(BackendUnavailable, backend_unavailable_handler)
