@@ -5,12 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
+import pytest
 from fastapi import FastAPI
 
 from app_kernel import BackendUnavailable, KernelSettings, init_app_kernel
 
 
-async def test_backend_unavailable_is_a_503_problem(tmp_path: Path) -> None:
+@pytest.fixture
+def app(tmp_path: Path) -> FastAPI:
+    """Built outside the event loop: building a kernel hashes its dummy password."""
     app = FastAPI()
 
     @app.get("/needs-backend")
@@ -19,6 +22,10 @@ async def test_backend_unavailable_is_a_503_problem(tmp_path: Path) -> None:
         raise BackendUnavailable(msg)
 
     init_app_kernel(app, KernelSettings(debug=True, data_dir=str(tmp_path)))
+    return app
+
+
+async def test_backend_unavailable_is_a_503_problem(app: FastAPI) -> None:
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
