@@ -292,6 +292,15 @@ class TestCors:
         assert response.headers["access-control-allow-origin"] == origin
         assert "x-request-id" in response.headers["access-control-expose-headers"].lower()
 
+    async def test_unhandled_500_still_carries_cors_headers(
+        self, client: httpx.AsyncClient
+    ) -> None:
+        """Without them a browser hides the problem behind an opaque network error."""
+        origin = "https://app.example.com"
+        response = await client.get("/api/v1/boom", headers={"Origin": origin})
+        assert response.status_code == 500
+        assert response.headers["access-control-allow-origin"] == origin
+
     async def test_lookalike_origin_is_not_allowed(self, client: httpx.AsyncClient) -> None:
         response = await client.get(
             "/api/v1/items/1", headers={"Origin": "https://app.example.com.evil.io"}
