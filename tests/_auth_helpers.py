@@ -14,7 +14,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -36,10 +36,13 @@ from app_kernel.settings import (
 )
 
 __all__ = (
+    "ADMIN_ONLY",
     "AUTH",
     "INVALID",
+    "OPTIONAL",
     "PASSWORD",
     "SECRET",
+    "WHOAMI",
     "HashCalls",
     "add_user",
     "assert_problem",
@@ -48,7 +51,10 @@ __all__ = (
     "b64url",
     "bearer",
     "client",
+    "collector_paused",
+    "coordination_settings",
     "forge",
+    "gc_paused",
     "kernel_settings",
     "login",
     "running",
@@ -66,13 +72,13 @@ INVALID = 'Bearer error="invalid_token"'
 PROBLEM = "application/problem+json"
 
 
-@pytest.fixture(autouse=True)
-def collector_paused() -> Iterator[None]:
-    """Keep the cyclic garbage collector off while a test runs (import this autouse fixture).
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Keep the cyclic garbage collector off inside the block.
 
     These tests build dozens of apps, and FastAPI keeps their endpoints in a cache, so a
     full collection can pause the event loop longer than the root conftest's 0.1 s guard
-    on a loaded machine: a GC pause, not blocking code. Collection resumes between tests.
+    on a loaded machine: a GC pause, not blocking code.
     """
     was_enabled = gc.isenabled()
     gc.disable()
@@ -81,6 +87,14 @@ def collector_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+@pytest.fixture(autouse=True)
+def collector_paused() -> Iterator[None]:
+    """:func:`gc_paused` around each test (import this autouse fixture); collection
+    resumes between tests."""
+    with gc_paused():
+        yield
 
 
 def kernel_settings(

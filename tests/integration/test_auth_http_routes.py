@@ -159,6 +159,8 @@ class TestIsAdminCallable:
         me = await http.get(f"{AUTH}/me", headers=bearer(boss["access_token"]))
         assert (me.json()["role"], me.json()["is_admin"]) == ("admin", True)
         assert_problem(await http.get(ADMIN_ONLY, headers=bearer(pretender["access_token"])), 403)
+        me = await http.get(f"{AUTH}/me", headers=bearer(pretender["access_token"]))
+        assert (me.json()["role"], me.json()["is_admin"]) == ("user", False)
         refreshed = await http.post(
             f"{AUTH}/refresh", json={"refresh_token": boss["refresh_token"]}
         )
@@ -365,7 +367,7 @@ async def test_no_secret_reaches_the_logs(
         rotated["access_token"],
         rotated["refresh_token"],
         key,
-        key.rsplit("_", 1)[1],
+        key[len("ak_") + 12 + 1 :],
     ]
     leaked = [secret[:12] for secret in secrets if secret in text]
     assert leaked == []

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.responses import JSONResponse, Response
 
 from app_kernel._runtime import kernel_of_app
@@ -57,14 +57,26 @@ class RegisterRequest(BaseModel):
 
 
 class ApiKeyCreate(BaseModel):
-    """A new API key; ``user_id`` defaults to the caller, ``role`` to ``user``."""
+    """A new API key; ``user_id`` defaults to the caller, ``role`` to ``user``.
 
-    model_config = ConfigDict(extra="forbid")
+    Text is trimmed and must not be blank; ``expires_at`` needs a UTC offset and
+    must lie in the future (the key store refuses the rest, which would be a 500).
+    """
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     name: str = Field(min_length=1, max_length=100)
-    user_id: str | None = Field(default=None, max_length=64)
+    user_id: str | None = Field(default=None, min_length=1, max_length=64)
     role: str = Field(default="user", min_length=1, max_length=64)
-    expires_at: datetime | None = None
+    expires_at: AwareDatetime | None = None
+
+    @field_validator("expires_at")
+    @classmethod
+    def _in_the_future(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value <= datetime.now(UTC):
+            msg = "expires_at must be in the future"
+            raise ValueError(msg)
+        return value
 
 
 def _service(request: Request) -> AuthService:
