@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import hashlib
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
@@ -18,19 +17,6 @@ from app_kernel.auth.apikeys import (
     parse_api_key,
 )
 from app_kernel.db.engine import Database
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _frozen_heap() -> Iterator[None]:
-    """Move the objects alive now (imports, keys) out of the garbage collector's view.
-
-    A full collection over the ~160k objects the imports leave takes 0.1-0.2 s on a
-    busy machine and then trips the root conftest's 0.1 s event-loop guard at random.
-    """
-    gc.collect()
-    gc.freeze()
-    yield
-    gc.unfreeze()
 
 
 @pytest.fixture

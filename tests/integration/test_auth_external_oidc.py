@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
-import gc
 import gzip
 import hashlib
 import hmac
@@ -33,19 +32,6 @@ ISSUER = "https://idp.example.com/realms/app"
 AUDIENCE = "app-api"
 ALGORITHMS = ("RS256", "ES256", "EdDSA")
 _DROP = object()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _frozen_heap() -> Iterator[None]:
-    """Move the objects alive now (imports, keys) out of the garbage collector's view.
-
-    A full collection over the ~160k objects the imports leave takes 0.1-0.2 s on a
-    busy machine and then trips the root conftest's 0.1 s event-loop guard at random.
-    """
-    gc.collect()
-    gc.freeze()
-    yield
-    gc.unfreeze()
 
 
 # --- the JWKS server ---------------------------------------------------------------------

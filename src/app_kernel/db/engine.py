@@ -27,12 +27,21 @@ _SCHEMA_LOCK_ID = 0x61706B72
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # The sqlite3 driver starts transactions lazily and behind SQLAlchemy's back,
+    # which breaks SAVEPOINTs (a nested block's release would commit the outer
+    # work). Autocommit at the driver, and an explicit BEGIN from SQLAlchemy, is
+    # the documented cure; see _sqlite_begin.
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def _sqlite_begin(connection: Any) -> None:
+    connection.exec_driver_sql("BEGIN")
 
 
 class Database:
@@ -49,6 +58,7 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(self.url, **options)
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine.sync_engine, "begin", _sqlite_begin)
         self.sessions: async_sessionmaker[AsyncSession] = async_sessionmaker(
             self.engine, expire_on_commit=False
         )
