@@ -16,6 +16,7 @@ from app_kernel.errors import KernelError
 from app_kernel.kernel import Kernel
 from app_kernel.observability.audit_routes import audit_router
 from app_kernel.observability.health import health_router
+from app_kernel.reliability.idempotency_http import IdempotencyMiddleware
 from app_kernel.service_config import ServiceConfig, to_kernel_settings
 from app_kernel.settings import KernelSettings
 from app_kernel.types import HealthCheck
@@ -60,6 +61,10 @@ def init_app_kernel(
     app.state.app_kernel = kernel
     set_current(kernel)
 
+    # Innermost (added first): it sees the app's own response, inside the body limit.
+    app.add_middleware(
+        IdempotencyMiddleware, service=kernel.idempotency, identify=kernel.optional_user
+    )
     install_http_layer(app, settings)
     install_offline_docs(app)
     features = settings.features

@@ -33,7 +33,18 @@ from app_kernel.errors import SettingsError
 from app_kernel.observability.audit import AuditLogger, SqlAuditStore
 from app_kernel.observability.health import check_name
 from app_kernel.observability.logging import configure_logging, get_logger
+from app_kernel.reliability.backends.idempotency_base import IdempotencyBackend
+from app_kernel.reliability.backends.redis_idempotency import RedisIdempotency
+from app_kernel.reliability.backends.redis_ratelimit import RedisRateLimitBackend
+from app_kernel.reliability.backends.sqlite_idempotency import SqliteIdempotency
+from app_kernel.reliability.backends.sqlite_ratelimit import SqliteRateLimitBackend
+from app_kernel.reliability.idempotency import Idempotency
+from app_kernel.reliability.ratelimit import RateLimiter
 from app_kernel.settings import KernelSettings
+from app_kernel.streaming.backends.base import LeaseBackend
+from app_kernel.streaming.backends.redis import RedisLeaseBackend
+from app_kernel.streaming.backends.sqlite import SqliteLeaseBackend
+from app_kernel.streaming.leases import StreamLeaseLimiter
 from app_kernel.types import HealthCheck
 
 if TYPE_CHECKING:
@@ -95,13 +106,26 @@ class Kernel:
         self.redis: Redis | None = None
         self.sqlite: SqliteStore | None = None
         auth_state: AuthStateBackend
+        lease_backend: LeaseBackend
         if settings.redis.url:
             self.redis = create_redis_client(settings.redis)
             self.redis_keys = RedisKeys(settings.redis.key_prefix)
             auth_state = RedisAuthState(self.redis, self.redis_keys)
+            self.rate_limiter = RateLimiter(
+                RedisRateLimitBackend(self.redis, self.redis_keys), settings.reliability
+            )
+            idempotency_backend: IdempotencyBackend = RedisIdempotency(self.redis, self.redis_keys)
+            lease_backend = RedisLeaseBackend(self.redis, self.redis_keys)
         else:
             self.sqlite = SqliteStore(settings.coordination_path)
             auth_state = SqliteAuthState(self.sqlite)
+            self.rate_limiter = RateLimiter(
+                SqliteRateLimitBackend(self.sqlite), settings.reliability
+            )
+            idempotency_backend = SqliteIdempotency(self.sqlite)
+            lease_backend = SqliteLeaseBackend(self.sqlite)
+        self.stream_leases = StreamLeaseLimiter(lease_backend, settings.streaming)
+        self.idempotency = Idempotency(idempotency_backend, settings.reliability)
         self.audit = AuditLogger(SqlAuditStore(self.database))
         self.auth = self._build_auth(auth_state)
         self._exit_stack: AsyncExitStack | None = None

@@ -6,11 +6,14 @@ Outermost first, as a request meets them:
    is outermost so that every response, errors included, carries the id and
    is logged.
 2. :class:`SecurityHeadersMiddleware`: headers on every response.
-3. :class:`UnhandledErrorMiddleware`: an exception nobody handled becomes a
-   500 problem (inside 1 and 2, so that answer has the id and headers too).
-4. :class:`AllowedHostsMiddleware`: unknown Host headers get 400.
-5. Starlette's ``CORSMiddleware``: preflights and CORS headers.
-6. :class:`BodyLimitMiddleware`: bodies over the limit get 413.
+3. Starlette's ``CORSMiddleware``: preflights and CORS headers. Outside the
+   error handling, so that a 500 still carries CORS headers and a browser
+   shows the problem rather than an opaque network error.
+4. :class:`UnhandledErrorMiddleware`: an exception nobody handled becomes a
+   500 problem (inside 1 to 3, so that answer has the id and headers too).
+5. :class:`AllowedHostsMiddleware`: unknown Host headers get 400.
+6. The global rate limit, when ``reliability.global_rate_limit`` is on.
+7. :class:`BodyLimitMiddleware`: bodies over the limit get 413.
 
 Then FastAPI's own exception middleware and router, whose errors (404, 405,
 422, ``HTTPException``) the kernel's handlers render as problems.
@@ -24,6 +27,10 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 
 from app_kernel.errors import BackendUnavailable
+from app_kernel.reliability.ratelimit_middleware import (
+    GlobalRateLimitMiddleware,
+    global_limit_exemptions,
+)
 from app_kernel.settings import KernelSettings
 from app_kernel.web.body_limit import BodyLimitMiddleware
 from app_kernel.web.client_ip import ClientIpResolver
@@ -47,6 +54,11 @@ def install_http_layer(app: FastAPI, settings: KernelSettings) -> None:
     http = settings.http
     # add_middleware puts each new one outermost, so add from the inside out.
     app.add_middleware(BodyLimitMiddleware, max_bytes=http.max_body_bytes)
+    if settings.reliability.global_rate_limit:
+        # Inside CORS, so a 429 carries CORS headers and preflights are never counted.
+        app.add_middleware(GlobalRateLimitMiddleware, **global_limit_exemptions(app, settings))
+    app.add_middleware(AllowedHostsMiddleware, allowed_hosts=http.allowed_hosts)
+    app.add_middleware(UnhandledErrorMiddleware, debug=settings.debug)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=list(http.cors_origins),
@@ -55,8 +67,6 @@ def install_http_layer(app: FastAPI, settings: KernelSettings) -> None:
         allow_headers=["*"],
         expose_headers=_EXPOSED_HEADERS,
     )
-    app.add_middleware(AllowedHostsMiddleware, allowed_hosts=http.allowed_hosts)
-    app.add_middleware(UnhandledErrorMiddleware, debug=settings.debug)
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(
         RequestContextMiddleware,

@@ -1,0 +1,114 @@
+"""Idempotency records in Redis: one Lua call (one round trip) per operation.
+
+Each record is one hash, ``<prefix>idem:{<storage key>}:rec``, whose hash tag
+is the service's digest of the caller's scope and Idempotency-Key, so keys are
+bounded in length whatever the client sent. Pending claims expire after the
+lock TTL (counted by the server), stored responses after the record TTL.
+``AsyncScript`` reloads a script and retries once after ``NOSCRIPT``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import RedisError
+
+from app_kernel.errors import BackendUnavailable
+from app_kernel.reliability.backends.idempotency_base import Claim, ClaimState
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.commands.core import AsyncScript
+
+    from app_kernel._redis.keys import RedisKeys
+
+__all__ = ("RedisIdempotency",)
+
+_AREA = "idem"
+
+
+def _lua(name: str) -> str:
+    path = resources.files("app_kernel.reliability.backends").joinpath(f"_redis_idem_{name}.lua")
+    return path.read_text("utf-8")
+
+
+# Read once at import, not on the event loop.
+_CLAIM = _lua("claim")
+_COMPLETE = _lua("complete")
+_RELEASE = _lua("release")
+_HEARTBEAT = _lua("heartbeat")
+
+
+def _ms(seconds: float) -> int:
+    """A positive duration in whole milliseconds, rounded up (at least 1)."""
+    return max(1, math.ceil(seconds * 1000))
+
+
+@contextlib.contextmanager
+def _wrap_errors(operation: str) -> Iterator[None]:
+    try:
+        yield
+    except RedisError as exc:
+        msg = f"Redis idempotency store: {operation} failed: {exc}"
+        raise BackendUnavailable(msg) from exc
+
+
+class RedisIdempotency:
+    """:class:`~app_kernel.reliability.backends.idempotency_base.IdempotencyBackend` on Redis.
+
+    Args:
+        redis: the kernel's ``redis.asyncio`` client.
+        keys: builds every key under the kernel's prefix.
+    """
+
+    def __init__(self, redis: Redis, keys: RedisKeys) -> None:
+        self._keys = keys
+        self._claim = redis.register_script(_CLAIM)
+        self._complete = redis.register_script(_COMPLETE)
+        self._release = redis.register_script(_RELEASE)
+        self._heartbeat = redis.register_script(_HEARTBEAT)
+
+    def _key(self, key: str) -> str:
+        return self._keys.key(_AREA, key, "rec")
+
+    async def _call(self, script: AsyncScript, key: str, *args: bytes | str | int) -> Any:
+        return await script(keys=[self._key(key)], args=args)
+
+    async def claim(self, key: str, fingerprint: str, token: str, lock_ttl_seconds: float) -> Claim:
+        """Take the claim, or report the live record (see the base protocol)."""
+        with _wrap_errors("claim"):
+            reply = await self._call(self._claim, key, fingerprint, token, _ms(lock_ttl_seconds))
+        code = int(reply[0])
+        if code == 0:
+            return Claim(ClaimState.ACQUIRED)
+        if code == 1:
+            return Claim(ClaimState.IN_PROGRESS, retry_after_seconds=max(0, int(reply[1])) / 1000)
+        if code == 2:
+            return Claim(ClaimState.MISMATCH)
+        record = reply[1]
+        return Claim(
+            ClaimState.COMPLETED,
+            record=record if isinstance(record, bytes) else str(record).encode(),
+        )
+
+    async def complete(self, key: str, token: str, record: bytes, ttl_seconds: float) -> bool:
+        """Store ``record`` if ``token`` still holds the claim."""
+        with _wrap_errors("complete"):
+            done = await self._call(self._complete, key, token, record, _ms(ttl_seconds))
+        return int(done) == 1
+
+    async def release(self, key: str, token: str) -> bool:
+        """Delete the pending claim if ``token`` holds it."""
+        with _wrap_errors("release"):
+            done = await self._call(self._release, key, token)
+        return int(done) == 1
+
+    async def heartbeat(self, key: str, token: str, lock_ttl_seconds: float) -> bool:
+        """Extend the claim if ``token`` holds it."""
+        with _wrap_errors("heartbeat"):
+            done = await self._call(self._heartbeat, key, token, _ms(lock_ttl_seconds))
+        return int(done) == 1

@@ -1,0 +1,135 @@
+"""Rate limits in Redis: one EVALSHA per check, on the server's clock.
+
+One Lua script (``_redis_ratelimit_hit.lua``) checks every limit of a call and
+records the hit on all of them or on none, and returns remaining, reset and
+retry-after for each, so response headers cost no second round trip. The
+script reads ``TIME`` itself: the clocks of the calling hosts never matter.
+
+Keys (built by :class:`~app_kernel._redis.keys.RedisKeys`; ``<tag>`` is the
+hashed identifier, so every key of one call shares a Cluster slot)::
+
+    <prefix>ratelimit:{<tag>}:z:<window ms>   sorted set  exact log, member per hit, score = ms
+                                              expires one window after the last hit
+    <prefix>ratelimit:{<tag>}:c:<window ms>   hash  fixed-window number -> hits (at most 2 fields)
+                                              expires two windows after the last hit
+
+Limits of one identifier that share a window and an algorithm share a key: they
+count the same hits.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import NoScriptError, RedisError
+
+from app_kernel.errors import BackendUnavailable
+from app_kernel.reliability.backends.base import Limit, LimitState
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from app_kernel._redis.keys import RedisKeys
+
+__all__ = ("RedisRateLimitBackend",)
+
+_AREA = "ratelimit"
+# Read once at import, not on the event loop.
+_HIT = (
+    resources.files("app_kernel.reliability.backends")
+    .joinpath("_redis_ratelimit_hit.lua")
+    .read_text("utf-8")
+)
+
+
+class RedisRateLimitBackend:
+    """:class:`~app_kernel.reliability.backends.base.RateLimitBackend` on Redis.
+
+    Args:
+        redis: the kernel's ``redis.asyncio`` client.
+        keys: builds every key under the kernel's prefix.
+    """
+
+    def __init__(self, redis: Redis, keys: RedisKeys) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._sha: str | None = None
+        # Log members only need to be unique per key: process token + counter.
+        self._member_prefix = os.urandom(6).hex()
+        self._seq = itertools.count()
+
+    def _key(self, tag: str, limit: Limit, exact_threshold: int) -> str:
+        mode = "z" if limit.is_exact(exact_threshold) else "c"
+        return self._keys.key(_AREA, tag, mode, str(limit.window_ms))
+
+    async def _run(self, keys: list[str], args: list[Any]) -> Any:
+        sha = self._sha
+        if sha is None:
+            sha = self._sha = await self._redis.script_load(_HIT)
+        try:
+            return await self._redis.evalsha(sha, len(keys), *keys, *args)
+        except NoScriptError:
+            # The script cache was flushed (restart, SCRIPT FLUSH, failover): reload once.
+            self._sha = await self._redis.script_load(_HIT)
+            return await self._redis.evalsha(self._sha, len(keys), *keys, *args)
+
+    async def _call(
+        self, key: str, limits: tuple[Limit, ...], exact_threshold: int, *, record: bool
+    ) -> tuple[LimitState, ...]:
+        redis_keys = [self._key(key, limit, exact_threshold) for limit in limits]
+        args: list[Any] = [f"{self._member_prefix}{next(self._seq)}", 1 if record else 0]
+        for limit in limits:
+            mode = "z" if limit.is_exact(exact_threshold) else "c"
+            args += [limit.requests, limit.window_ms, mode]
+        try:
+            reply = await self._run(redis_keys, args)
+        except RedisError as exc:
+            msg = f"Redis rate limit: {'hit' if record else 'peek'} failed: {exc}"
+            raise BackendUnavailable(msg) from exc
+        return tuple(
+            LimitState(
+                limit=limit,
+                remaining=int(reply[3 * i]),
+                reset_seconds=int(reply[3 * i + 1]) / 1000,
+                retry_after_seconds=int(reply[3 * i + 2]) / 1000,
+            )
+            for i, limit in enumerate(limits)
+        )
+
+    async def hit(
+        self, key: str, limits: tuple[Limit, ...], exact_threshold: int
+    ) -> tuple[LimitState, ...]:
+        """Record one hit if every limit has room (one EVALSHA)."""
+        return await self._call(key, limits, exact_threshold, record=True)
+
+    async def peek(
+        self, key: str, limits: tuple[Limit, ...], exact_threshold: int
+    ) -> tuple[LimitState, ...]:
+        """The states a hit would see; the script writes nothing (one EVALSHA)."""
+        return await self._call(key, limits, exact_threshold, record=False)
+
+    async def reset(self, key: str, windows_ms: frozenset[int]) -> None:
+        """Delete ``key``'s logs and counters for every window in ``windows_ms``."""
+        redis_keys = [
+            self._keys.key(_AREA, key, mode, str(window))
+            for window in sorted(windows_ms)
+            for mode in ("z", "c")
+        ]
+        if not redis_keys:
+            return
+        try:
+            await self._redis.delete(*redis_keys)
+        except RedisError as exc:
+            msg = f"Redis rate limit: reset failed: {exc}"
+            raise BackendUnavailable(msg) from exc
+
+    def key_names(self, key: str, windows_ms: frozenset[int]) -> list[str]:
+        """The Redis keys that may hold ``key``'s state (for tests and operators)."""
+        return [
+            self._keys.key(_AREA, key, mode, str(window))
+            for window in sorted(windows_ms)
+            for mode in ("z", "c")
+        ]
