@@ -279,6 +279,42 @@ class JobSettings(_Settings):
     """Threads for handlers written as plain functions."""
     max_attempts: int = Field(default=3, gt=0)
     """Attempts for a job whose enqueue call and task metadata name none."""
+    default_timeout_seconds: float = Field(default=300.0, gt=0)
+    """Run-time limit of a job whose enqueue call and task metadata name none."""
+    lease_seconds: float = Field(default=30.0, gt=0)
+    """A running job's lease; a worker that stops heartbeating loses its jobs after this."""
+    heartbeat_seconds: float = Field(default=10.0, gt=0)
+    """How often a worker renews its leases (from its own thread); below the lease."""
+    reap_interval_seconds: float = Field(default=5.0, gt=0)
+    """How often a worker looks for expired leases of dead workers."""
+    shutdown_grace_seconds: float = Field(default=30.0, ge=0)
+    """On SIGTERM, how long running jobs may finish before they are handed back."""
+    priority_weights: tuple[int, int, int] = (6, 3, 1)
+    """Picks per round for high, normal and low; low is never starved."""
+    strict_priority: bool = False
+    """Always drain high before normal before low (low may starve)."""
+    retry_backoff_base_seconds: float = Field(default=1.0, ge=0)
+    """First retry waits up to this long; each later one doubles it (with jitter)."""
+    retry_backoff_cap_seconds: float = Field(default=300.0, ge=0)
+    """Longest wait between attempts."""
+    max_payload_bytes: int = Field(default=1_048_576, gt=0)
+    """Largest JSON payload accepted at enqueue."""
+    result_ttl_seconds: float = Field(default=86_400.0, gt=0)
+    """How long a succeeded job and its result are kept."""
+    dead_ttl_seconds: float = Field(default=604_800.0, gt=0)
+    """How long a dead job is kept for inspection and retry."""
+    idle_poll_seconds: float = Field(default=0.05, gt=0)
+    """Embedded SQLite only: how often an idle worker looks for due jobs."""
+
+    @model_validator(mode="after")
+    def _check_timing(self) -> JobSettings:
+        if self.heartbeat_seconds >= self.lease_seconds:
+            msg = "heartbeat_seconds must be below lease_seconds"
+            raise ValueError(msg)
+        if any(w < 0 for w in self.priority_weights) or sum(self.priority_weights) == 0:
+            msg = "priority_weights must be three non-negative numbers, not all zero"
+            raise ValueError(msg)
+        return self
 
 
 class StreamingSettings(_Settings):

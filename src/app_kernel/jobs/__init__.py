@@ -1,0 +1,1 @@
+"""Background jobs: registry, client, worker and queue backends."""

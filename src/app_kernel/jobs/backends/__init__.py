@@ -1,0 +1,1 @@
+"""Job queue backends: Redis and embedded SQLite behind one protocol."""
