@@ -63,7 +63,10 @@ def init_app_kernel(
 
     # Innermost (added first): it sees the app's own response, inside the body limit.
     app.add_middleware(
-        IdempotencyMiddleware, service=kernel.idempotency, identify=kernel.optional_user
+        IdempotencyMiddleware,
+        service=kernel.idempotency,
+        identify=kernel.optional_user,
+        exempt_prefixes=(f"{api_prefix}{settings.features.auth_prefix}/",),
     )
     install_http_layer(app, settings)
     install_offline_docs(app)

@@ -325,6 +325,18 @@ async def test_all_routes_applies_to_undecorated_post(
     assert counter.runs["plain"] == 1
 
 
+@pytest.mark.parametrize("reliability", [{"idempotency_all_routes": True}])
+async def test_all_routes_never_stores_the_kernels_login_answers(
+    http: httpx.AsyncClient, built: tuple[FastAPI, Counter]
+) -> None:
+    """A login answer holds tokens: replaying it for 24 h would hand them out again."""
+    app, _ = built
+    await add_user(app.state.app_kernel, "carol")
+    first = await login(http, "carol", **KEY)
+    second = await login(http, "carol", **KEY)
+    assert first["access_token"] != second["access_token"]
+
+
 async def test_opt_in_only_by_default(http: httpx.AsyncClient, counter: Counter) -> None:
     await http.post("/plain", headers=KEY)
     await http.post("/plain", headers=KEY)

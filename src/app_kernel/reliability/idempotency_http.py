@@ -268,12 +268,22 @@ class IdempotencyMiddleware:
         app: the inner ASGI app.
         service: the kernel's idempotency service.
         identify: resolves the caller of a request (``kernel.optional_user``).
+        exempt_prefixes: paths never handled (the kernel's auth routes: a login
+            answer holds tokens, which must not be stored and replayed).
     """
 
-    def __init__(self, app: ASGIApp, *, service: Idempotency, identify: Identify) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        service: Idempotency,
+        identify: Identify,
+        exempt_prefixes: tuple[str, ...] = (),
+    ) -> None:
         self.app = app
         self.service = service
         self.identify = identify
+        self.exempt_prefixes = exempt_prefixes
         self.all_routes = service.settings.idempotency_all_routes
         self.max_body_bytes = service.settings.idempotency_max_body_bytes
 
@@ -282,7 +292,9 @@ class IdempotencyMiddleware:
             await self.app(scope, receive, send)
             return
         raw_keys = [value for name, value in scope["headers"] if name == _HEADER]
-        if not raw_keys:
+        if not raw_keys or (
+            self.exempt_prefixes and scope["path"].startswith(self.exempt_prefixes)
+        ):
             await self.app(scope, receive, send)
             return
         messages: list[Message] = []
