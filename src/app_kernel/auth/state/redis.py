@@ -20,16 +20,14 @@ Keys (``<prefix>`` from :class:`RedisKeys`)::
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator, Sequence
-from importlib import resources
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError
 
+from app_kernel._redis.lua import backend_errors, encode, read_lua, text, to_ms
 from app_kernel.auth.state.base import FailureCount, RotateOutcome, UserRevocation
-from app_kernel.errors import BackendUnavailable
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -43,44 +41,13 @@ _AREA = "auth"
 _ROTATE_OUTCOMES = (RotateOutcome.ROTATED, RotateOutcome.REUSED, RotateOutcome.REVOKED)
 
 
-def _lua(name: str) -> str:
-    path = resources.files("app_kernel.auth.state").joinpath(f"_redis_{name}.lua")
-    return path.read_text("utf-8")
-
-
 # Read once at import, not on the event loop.
-_START_FAMILY = _lua("start_family")
-_ROTATE = _lua("rotate")
-_REVOKE_FAMILY = _lua("revoke_family")
-_SET_VALID_AFTER = _lua("set_valid_after")
-_SET_DISABLED = _lua("set_disabled")
-_ADD_FAILURE = _lua("add_failure")
-
-
-def _arg(value: str) -> bytes:
-    """``value`` as bytes; lone surrogates (undecodable input) survive the round trip."""
-    return value.encode("utf-8", "surrogatepass")
-
-
-def _text(value: bytes | str) -> str:
-    """A reply as text, whether or not the client decodes responses."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "surrogatepass")
-    return value
-
-
-def _ms(seconds: float) -> int:
-    """A positive duration in whole milliseconds, rounded up (at least 1)."""
-    return max(1, math.ceil(seconds * 1000))
-
-
-@contextlib.contextmanager
-def _wrap_errors(operation: str) -> Iterator[None]:
-    try:
-        yield
-    except RedisError as exc:
-        msg = f"Redis auth state: {operation} failed: {exc}"
-        raise BackendUnavailable(msg) from exc
+_START_FAMILY = read_lua("app_kernel.auth.state", "_redis_start_family.lua")
+_ROTATE = read_lua("app_kernel.auth.state", "_redis_rotate.lua")
+_REVOKE_FAMILY = read_lua("app_kernel.auth.state", "_redis_revoke_family.lua")
+_SET_VALID_AFTER = read_lua("app_kernel.auth.state", "_redis_set_valid_after.lua")
+_SET_DISABLED = read_lua("app_kernel.auth.state", "_redis_set_disabled.lua")
+_ADD_FAILURE = read_lua("app_kernel.auth.state", "_redis_add_failure.lua")
 
 
 class RedisAuthState:
@@ -118,12 +85,12 @@ class RedisAuthState:
         self, family_id: str, user_id: str, jti: str, family_expires_at: float
     ) -> None:
         """Record a new token family (a login) whose current refresh token is ``jti``."""
-        with _wrap_errors("start_family"):
+        with backend_errors("Redis auth state", "start_family"):
             await self._call(
                 self._start_family,
                 self._family_key(family_id),
-                _arg(user_id),
-                _arg(jti),
+                encode(user_id),
+                encode(jti),
                 math.floor(family_expires_at * 1000),
             )
 
@@ -133,26 +100,26 @@ class RedisAuthState:
         Repeating a call that already rotated (same ``old_jti`` and ``new_jti``,
         as a client retry after a lost reply does) gives ``ROTATED`` again.
         """
-        with _wrap_errors("rotate"):
+        with backend_errors("Redis auth state", "rotate"):
             code = await self._call(
-                self._rotate, self._family_key(family_id), _arg(old_jti), _arg(new_jti)
+                self._rotate, self._family_key(family_id), encode(old_jti), encode(new_jti)
             )
         return _ROTATE_OUTCOMES[int(code)]
 
     async def revoke_family(self, family_id: str) -> bool:
         """Revoke a family (logout); returns False if it was unknown or already revoked."""
-        with _wrap_errors("revoke_family"):
+        with backend_errors("Redis auth state", "revoke_family"):
             revoked = await self._call(self._revoke_family, self._family_key(family_id))
         return int(revoked) == 1
 
     async def family_user(self, family_id: str) -> str | None:
         """The user id of a live (not revoked, not expired) family, else None."""
-        with _wrap_errors("family_user"):
+        with backend_errors("Redis auth state", "family_user"):
             reply = await self._redis.hmget(self._family_key(family_id), ["user", "revoked"])
         user, revoked = reply
-        if user is None or revoked is None or _text(revoked) == "1":
+        if user is None or revoked is None or text(revoked) == "1":
             return None
-        return _text(user)
+        return text(user)
 
     async def set_valid_after(self, user_id: str, valid_after: float, ttl_seconds: float) -> None:
         """Refuse the user's tokens issued before ``valid_after``; forget after ``ttl_seconds``.
@@ -160,12 +127,12 @@ class RedisAuthState:
         A smaller ``valid_after`` than the recorded one changes nothing, and a
         shorter TTL never shortens the record's.
         """
-        with _wrap_errors("set_valid_after"):
+        with backend_errors("Redis auth state", "set_valid_after"):
             await self._call(
                 self._set_valid_after,
                 self._user_key(user_id),
                 repr(float(valid_after)).encode(),
-                _ms(ttl_seconds),
+                to_ms(ttl_seconds),
             )
 
     async def set_disabled(self, user_id: str, disabled: bool, ttl_seconds: float) -> None:
@@ -173,29 +140,29 @@ class RedisAuthState:
 
         A shorter TTL never shortens the record's (it also holds ``valid_after``).
         """
-        with _wrap_errors("set_disabled"):
+        with backend_errors("Redis auth state", "set_disabled"):
             await self._call(
                 self._set_disabled,
                 self._user_key(user_id),
                 b"1" if disabled else b"0",
-                _ms(ttl_seconds),
+                to_ms(ttl_seconds),
             )
 
     async def user_state(self, user_id: str) -> UserRevocation:
         """The user's revocation state; the default when nothing is recorded."""
-        with _wrap_errors("user_state"):
+        with backend_errors("Redis auth state", "user_state"):
             reply = await self._redis.hmget(self._user_key(user_id), ["valid_after", "disabled"])
         valid_after, disabled = reply
         return UserRevocation(
-            valid_after=None if valid_after is None else float(_text(valid_after)),
-            disabled=disabled is not None and _text(disabled) == "1",
+            valid_after=None if valid_after is None else float(text(valid_after)),
+            disabled=disabled is not None and text(disabled) == "1",
         )
 
     async def failures(self, keys: Sequence[str]) -> list[FailureCount]:
         """Read failed-login counters, one per key, in order (one pipelined round trip)."""
         if not keys:
             return []
-        with _wrap_errors("failures"):
+        with backend_errors("Redis auth state", "failures"):
             async with self._redis.pipeline(transaction=False) as pipe:
                 for key in keys:
                     redis_key = self._failure_key(key)
@@ -220,8 +187,8 @@ class RedisAuthState:
         if not keys:
             return []
         unique = list(dict.fromkeys(keys))
-        window_ms = _ms(window_seconds)
-        with _wrap_errors("add_failure"):
+        window_ms = to_ms(window_seconds)
+        with backend_errors("Redis auth state", "add_failure"):
             replies = await self._pipelined_script(
                 self._add_failure, [self._failure_key(key) for key in unique], window_ms
             )
@@ -264,12 +231,12 @@ class RedisAuthState:
 
     async def clear_failures(self, key: str) -> None:
         """Forget a counter (a successful login clears its username's)."""
-        with _wrap_errors("clear_failures"):
+        with backend_errors("Redis auth state", "clear_failures"):
             await self._redis.delete(self._failure_key(key))
 
     async def now(self) -> float:
         """The Redis server's clock (``TIME``), in seconds since the epoch."""
-        with _wrap_errors("now"):
+        with backend_errors("Redis auth state", "now"):
             reply = await self._redis.time()
         seconds, microseconds = reply
         return int(seconds) + int(microseconds) / 1_000_000

@@ -9,15 +9,9 @@ lock TTL (counted by the server), stored responses after the record TTL.
 
 from __future__ import annotations
 
-import contextlib
-import math
-from collections.abc import Iterator
-from importlib import resources
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import RedisError
-
-from app_kernel.errors import BackendUnavailable
+from app_kernel._redis.lua import backend_errors, read_lua, to_ms
 from app_kernel.reliability.backends.idempotency_base import Claim, ClaimState
 
 if TYPE_CHECKING:
@@ -31,30 +25,11 @@ __all__ = ("RedisIdempotency",)
 _AREA = "idem"
 
 
-def _lua(name: str) -> str:
-    path = resources.files("app_kernel.reliability.backends").joinpath(f"_redis_idem_{name}.lua")
-    return path.read_text("utf-8")
-
-
 # Read once at import, not on the event loop.
-_CLAIM = _lua("claim")
-_COMPLETE = _lua("complete")
-_RELEASE = _lua("release")
-_HEARTBEAT = _lua("heartbeat")
-
-
-def _ms(seconds: float) -> int:
-    """A positive duration in whole milliseconds, rounded up (at least 1)."""
-    return max(1, math.ceil(seconds * 1000))
-
-
-@contextlib.contextmanager
-def _wrap_errors(operation: str) -> Iterator[None]:
-    try:
-        yield
-    except RedisError as exc:
-        msg = f"Redis idempotency store: {operation} failed: {exc}"
-        raise BackendUnavailable(msg) from exc
+_CLAIM = read_lua("app_kernel.reliability.backends", "_redis_idem_claim.lua")
+_COMPLETE = read_lua("app_kernel.reliability.backends", "_redis_idem_complete.lua")
+_RELEASE = read_lua("app_kernel.reliability.backends", "_redis_idem_release.lua")
+_HEARTBEAT = read_lua("app_kernel.reliability.backends", "_redis_idem_heartbeat.lua")
 
 
 class RedisIdempotency:
@@ -80,8 +55,8 @@ class RedisIdempotency:
 
     async def claim(self, key: str, fingerprint: str, token: str, lock_ttl_seconds: float) -> Claim:
         """Take the claim, or report the live record (see the base protocol)."""
-        with _wrap_errors("claim"):
-            reply = await self._call(self._claim, key, fingerprint, token, _ms(lock_ttl_seconds))
+        with backend_errors("Redis idempotency store", "claim"):
+            reply = await self._call(self._claim, key, fingerprint, token, to_ms(lock_ttl_seconds))
         code = int(reply[0])
         if code == 0:
             return Claim(ClaimState.ACQUIRED)
@@ -97,18 +72,18 @@ class RedisIdempotency:
 
     async def complete(self, key: str, token: str, record: bytes, ttl_seconds: float) -> bool:
         """Store ``record`` if ``token`` still holds the claim."""
-        with _wrap_errors("complete"):
-            done = await self._call(self._complete, key, token, record, _ms(ttl_seconds))
+        with backend_errors("Redis idempotency store", "complete"):
+            done = await self._call(self._complete, key, token, record, to_ms(ttl_seconds))
         return int(done) == 1
 
     async def release(self, key: str, token: str) -> bool:
         """Delete the pending claim if ``token`` holds it."""
-        with _wrap_errors("release"):
+        with backend_errors("Redis idempotency store", "release"):
             done = await self._call(self._release, key, token)
         return int(done) == 1
 
     async def heartbeat(self, key: str, token: str, lock_ttl_seconds: float) -> bool:
         """Extend the claim if ``token`` holds it."""
-        with _wrap_errors("heartbeat"):
-            done = await self._call(self._heartbeat, key, token, _ms(lock_ttl_seconds))
+        with backend_errors("Redis idempotency store", "heartbeat"):
+            done = await self._call(self._heartbeat, key, token, to_ms(lock_ttl_seconds))
         return int(done) == 1

@@ -14,15 +14,9 @@ key is bounded and Cluster-safe. Scripts are reloaded after ``NOSCRIPT``
 
 from __future__ import annotations
 
-import contextlib
-import math
-from collections.abc import Iterator
-from importlib import resources
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import RedisError
-
-from app_kernel.errors import BackendUnavailable
+from app_kernel._redis.lua import backend_errors, encode, read_lua, to_ms
 from app_kernel.streaming.backends.base import LeaseGrant, LeaseStatus
 
 if TYPE_CHECKING:
@@ -36,34 +30,10 @@ __all__ = ("RedisLeaseBackend",)
 _AREA = "lease"
 
 
-def _lua(name: str) -> str:
-    path = resources.files("app_kernel.streaming.backends").joinpath(f"_redis_{name}.lua")
-    return path.read_text("utf-8")
-
-
 # Read once at import, not on the event loop.
-_ACQUIRE = _lua("acquire")
-_REFRESH = _lua("refresh")
-_STATUS = _lua("status")
-
-
-def _arg(value: str) -> bytes:
-    """``value`` as bytes; lone surrogates (undecodable input) survive the round trip."""
-    return value.encode("utf-8", "surrogatepass")
-
-
-def _ms(seconds: float) -> int:
-    """A positive duration in whole milliseconds, rounded up (at least 1)."""
-    return max(1, math.ceil(seconds * 1000))
-
-
-@contextlib.contextmanager
-def _wrap_errors(operation: str) -> Iterator[None]:
-    try:
-        yield
-    except RedisError as exc:
-        msg = f"Redis stream leases: {operation} failed: {exc}"
-        raise BackendUnavailable(msg) from exc
+_ACQUIRE = read_lua("app_kernel.streaming.backends", "_redis_acquire.lua")
+_REFRESH = read_lua("app_kernel.streaming.backends", "_redis_refresh.lua")
+_STATUS = read_lua("app_kernel.streaming.backends", "_redis_status.lua")
 
 
 class RedisLeaseBackend:
@@ -93,25 +63,27 @@ class RedisLeaseBackend:
         self, user_id: str, lease_id: str, limit: int, ttl_seconds: float
     ) -> LeaseGrant:
         """Grant ``lease_id`` if the user holds fewer than ``limit`` live leases."""
-        with _wrap_errors("acquire"):
+        with backend_errors("Redis stream leases", "acquire"):
             granted, wait_ms = await self._call(
-                self._acquire, user_id, _arg(lease_id), limit, _ms(ttl_seconds)
+                self._acquire, user_id, encode(lease_id), limit, to_ms(ttl_seconds)
             )
         return LeaseGrant(int(granted) == 1, max(0, int(wait_ms)) / 1000)
 
     async def release(self, user_id: str, lease_id: str) -> None:
         """Drop the lease; an unknown or expired lease is a no-op."""
-        with _wrap_errors("release"):
-            await self._redis.zrem(self.key(user_id), _arg(lease_id))
+        with backend_errors("Redis stream leases", "release"):
+            await self._redis.zrem(self.key(user_id), encode(lease_id))
 
     async def refresh(self, user_id: str, lease_id: str, ttl_seconds: float) -> bool:
         """Move a live lease's deadline; False if it expired or is unknown."""
-        with _wrap_errors("refresh"):
-            refreshed = await self._call(self._refresh, user_id, _arg(lease_id), _ms(ttl_seconds))
+        with backend_errors("Redis stream leases", "refresh"):
+            refreshed = await self._call(
+                self._refresh, user_id, encode(lease_id), to_ms(ttl_seconds)
+            )
         return int(refreshed) == 1
 
     async def status(self, user_id: str) -> LeaseStatus:
         """Count the user's live leases and the time until the oldest expires."""
-        with _wrap_errors("status"):
+        with backend_errors("Redis stream leases", "status"):
             active, wait_ms = await self._call(self._status, user_id)
         return LeaseStatus(int(active), max(0, int(wait_ms)) / 1000)
