@@ -20,17 +20,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sqlalchemy import JSON, Column, DateTime, Index, String, Table, TypeDecorator, insert, select
+from sqlalchemy import JSON, Column, Index, String, Table, insert, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from app_kernel._runtime import current_kernel
 from app_kernel.db.tables import kernel_metadata
+from app_kernel.db.types import UtcDateTime
 from app_kernel.errors import BackendUnavailable, KernelError
 from app_kernel.observability.context import current_client_ip, current_request_id
 from app_kernel.observability.logging import REDACTED, is_secret_key, scrub_text
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Dialect
     from sqlalchemy.ext.asyncio import AsyncSession
 
     from app_kernel.db.engine import Database
@@ -154,34 +154,16 @@ class AuditStore(Protocol):
 # --- SQL store -------------------------------------------------------------------------
 
 
-class _UtcDateTime(TypeDecorator[datetime]):
-    """``TIMESTAMP WITH TIME ZONE`` that always comes back timezone-aware UTC.
-
-    SQLite has no time zone type: values are stored as naive UTC text (which
-    also keeps them ordered as text) and given back their UTC zone on reading.
-    """
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        del dialect
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+def _as_utc(value: datetime) -> datetime:
+    """A query bound without an offset means UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
 audit_events_table = Table(
     "audit_events",
     kernel_metadata,
     Column("id", String(32), primary_key=True),
-    Column("timestamp", _UtcDateTime(), nullable=False),
+    Column("timestamp", UtcDateTime(), nullable=False),
     Column("action", String(MAX_ACTION_LENGTH), nullable=False),
     Column("status", String(_MAX_SHORT_LENGTH), nullable=False),
     Column("actor_id", String(_MAX_ID_LENGTH)),
@@ -254,9 +236,9 @@ class SqlAuditStore:
             if value is not None:
                 statement = statement.where(table.c[name] == value)
         if after is not None:
-            statement = statement.where(table.c.timestamp > after)
+            statement = statement.where(table.c.timestamp > _as_utc(after))
         if before is not None:
-            statement = statement.where(table.c.timestamp < before)
+            statement = statement.where(table.c.timestamp < _as_utc(before))
         statement = (
             statement.order_by(table.c.timestamp.desc(), table.c.id.desc())
             .limit(limit)
