@@ -5,6 +5,7 @@ Checklist rows A1, A2, Z2 and H7.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from _auth_helpers import (
     running,
 )
 from app_kernel.auth.apikeys import api_keys_table
+from app_kernel.auth.sql_store import users_table
 from app_kernel.kernel import Kernel
 from app_kernel.settings import FeatureSettings
 
@@ -197,6 +199,20 @@ async def test_key_of_a_deactivated_owner_is_forbidden(
     await kernel.auth.set_active(alice["id"], False)
 
     assert_problem(await http.get(WHOAMI, headers=key), 403)
+
+
+async def test_key_of_a_deleted_owner_is_refused(
+    http: httpx.AsyncClient, kernel: Kernel, admin: dict[str, Any], alice: dict[str, Any]
+) -> None:
+    """A1: once the owner is gone from the user store, the key stops working."""
+    key = {"X-API-Key": (await create_key(http, admin, user_id=alice["id"]))["key"]}
+    assert (await http.get(WHOAMI, headers=key)).status_code == 200
+
+    async with kernel.database.sessions() as session, session.begin():
+        await session.execute(users_table.delete().where(users_table.c.id == alice["id"]))
+    await asyncio.sleep(kernel.settings.auth.revocation_cache_seconds)
+
+    assert_unauthorized(await http.get(WHOAMI, headers=key))
 
 
 async def test_key_for_an_unknown_user_is_404(

@@ -128,6 +128,7 @@ class AuthService:
             settings.revocation_cache_seconds
         )
         self._families: TtlCache[str, str | None] = TtlCache(settings.revocation_cache_seconds)
+        self._key_owners: TtlCache[str, bool] = TtlCache(settings.revocation_cache_seconds)
         self.family_ttl_seconds = settings.refresh_family_max_days * 86400
 
     # -- identifying callers -------------------------------------------------
@@ -184,12 +185,18 @@ class AuthService:
         if revocation.disabled:
             detail = "This account is deactivated."
             raise AuthError.forbidden(detail)
+        # A key outlives nothing: once its owner is gone from the store it stops working.
+        if not await self._key_owners.get(record.user_id, self._user_exists):
+            raise AuthError.invalid()
         return UserIdentity(
             id=record.user_id,
             role=record.role,
             created_at=record.created_at,
             auth_method="apikey",
         )
+
+    async def _user_exists(self, user_id: str) -> bool:
+        return await self.users.get_by_id(user_id) is not None
 
     async def _identify_external(self, token: str) -> UserIdentity:
         assert self.oidc is not None
