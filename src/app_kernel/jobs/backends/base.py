@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 __all__ = (
+    "CANCELLED_TTL_SECONDS",
     "Claimed",
     "EnqueueOutcome",
     "FailOutcome",
@@ -43,6 +44,8 @@ Priority = Literal["high", "normal", "low"]
 JobStatus = Literal["queued", "scheduled", "running", "retrying", "succeeded", "dead", "cancelled"]
 FailOutcome = Literal["retrying", "dead", "lost"]
 PRIORITIES: tuple[Priority, ...] = ("high", "normal", "low")
+CANCELLED_TTL_SECONDS = 7 * 24 * 3600.0
+"""How long every backend keeps a cancelled job's record."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,6 +58,7 @@ from redis.exceptions import RedisError
 
 from app_kernel.errors import BackendUnavailable
 from app_kernel.jobs.backends.base import (
+    CANCELLED_TTL_SECONDS,
     PRIORITIES,
     Claimed,
     EnqueueOutcome,
@@ -76,9 +77,8 @@ if TYPE_CHECKING:
 
     from app_kernel._redis.keys import RedisKeys
 
-__all__ = ("CANCELLED_TTL_SECONDS", "RedisJobQueue")
+__all__ = "RedisJobQueue"
 
-CANCELLED_TTL_SECONDS = 7 * 24 * 3600.0
 _AREA = "jobs"
 # retry_dead / purge_dead of every dead job work in batches of this size.
 _DEAD_BATCH = 500

@@ -37,6 +37,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from app_kernel.jobs.backends.base import (
+    CANCELLED_TTL_SECONDS,
     PRIORITIES,
     Claimed,
     EnqueueOutcome,
@@ -52,9 +53,8 @@ from app_kernel.jobs.backends.base import (
 if TYPE_CHECKING:
     from app_kernel._sqlite.store import SqliteStore
 
-__all__ = ("CANCELLED_TTL_SECONDS", "SqliteJobQueue")
+__all__ = "SqliteJobQueue"
 
-CANCELLED_TTL_SECONDS = 86_400.0
 """How long the record of a cancelled job is kept."""
 
 SCHEMA = """
