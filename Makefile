@@ -25,7 +25,10 @@ lint: install
 test: install lint
 	$(BIN)/pytest
 
+# The API and one worker process; Ctrl+C (or the API exiting) stops the worker too.
 run: install
+	DEBUG=$${DEBUG:-true} $(BIN)/app-kernel worker examples.service:app & worker=$$!; \
+	trap 'kill -TERM $$worker 2>/dev/null; wait $$worker' EXIT INT TERM; \
 	DEBUG=$${DEBUG:-true} $(BIN)/app-kernel serve examples.service:app --host 127.0.0.1 --port $${PORT:-8000}
 
 format: install

@@ -8,6 +8,7 @@ from app_kernel.errors import (
     MissingDependencyError,
     SettingsError,
 )
+from app_kernel.jobs import JobContext, JobRegistry, get_job_client
 from app_kernel.kernel import Kernel
 from app_kernel.observability.logging import get_logger, log_context
 from app_kernel.service_config import ServiceConfig
@@ -18,6 +19,8 @@ __version__ = "0.1.0"
 __all__ = (
     "BackendUnavailable",
     "FeatureSettings",
+    "JobContext",
+    "JobRegistry",
     "Kernel",
     "KernelError",
     "KernelNotInitialized",
@@ -26,6 +29,7 @@ __all__ = (
     "ServiceConfig",
     "SettingsError",
     "create_service",
+    "get_job_client",
     "get_logger",
     "init_app_kernel",
     "log_context",

@@ -13,9 +13,11 @@ from app_kernel._runtime import set_current
 from app_kernel.auth.deps import require_admin
 from app_kernel.auth.routes import auth_router
 from app_kernel.errors import KernelError
+from app_kernel.jobs.registry import JobRegistry, ProcessorFunc
 from app_kernel.kernel import Kernel
 from app_kernel.observability.audit_routes import audit_router
 from app_kernel.observability.health import health_router
+from app_kernel.observability.metrics_routes import metrics_guard, metrics_router
 from app_kernel.reliability.idempotency_http import IdempotencyMiddleware
 from app_kernel.service_config import ServiceConfig, to_kernel_settings
 from app_kernel.settings import KernelSettings
@@ -86,6 +88,13 @@ def init_app_kernel(
         _point_authorize_button(app, f"{api_prefix}{features.auth_prefix}/login")
     if features.enable_audit_routes:
         app.include_router(audit_router(features.audit_path, require_admin))
+    if features.enable_metrics:
+        guard = metrics_guard(
+            features.protect_metrics,
+            optional_user=kernel.optional_user,
+            token_hash=settings.observability.metrics_token_hash,
+        )
+        app.include_router(metrics_router(features.metrics_path, guard))
 
     app_lifespan = app.router.lifespan_context
 
@@ -125,6 +134,7 @@ def create_service(
     config: ServiceConfig | None = None,
     api_prefix: str = "/api/v1",
     *,
+    tasks: Mapping[str, ProcessorFunc] | JobRegistry | None = None,
     user_store: Any = None,
     is_admin: IsAdmin | None = None,
     health_checks: Sequence[HealthCheck] = (),
@@ -140,6 +150,8 @@ def create_service(
         routers: the app's routers.
         config: short settings; read from the environment when None.
         api_prefix: prefix of the app's routes.
+        tasks: task name to processor (or a ready :class:`JobRegistry`); workers
+            started with ``app-kernel worker MODULE:APP`` run them.
         user_store: the app's ``UserStore``; the kernel's SQL store if None.
         is_admin: decides from a user record whether the user is an admin.
         health_checks: async callables run by the readiness probe.
@@ -160,5 +172,11 @@ def create_service(
     app = FastAPI(title=name)
     for router in routers:
         app.include_router(router, prefix=api_prefix)
-    init_app_kernel(app, settings, user_store=user_store, is_admin=is_admin, api_prefix=api_prefix)
+    registry = tasks if isinstance(tasks, JobRegistry) else JobRegistry()
+    if not isinstance(tasks, JobRegistry):
+        for task_name, processor in (tasks or {}).items():
+            registry.register(task_name, processor)
+    init_app_kernel(
+        app, settings, registry, user_store=user_store, is_admin=is_admin, api_prefix=api_prefix
+    )
     return app

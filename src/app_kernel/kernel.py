@@ -30,9 +30,15 @@ from app_kernel.auth.state.sqlite import SqliteAuthState
 from app_kernel.auth.tokens import TokenCodec
 from app_kernel.db.engine import Database
 from app_kernel.errors import SettingsError
+from app_kernel.jobs.backends.base import JobQueue
+from app_kernel.jobs.backends.redis import RedisJobQueue
+from app_kernel.jobs.backends.sqlite import SqliteJobQueue
+from app_kernel.jobs.client import JobClient
 from app_kernel.observability.audit import AuditLogger, SqlAuditStore
 from app_kernel.observability.health import check_name
 from app_kernel.observability.logging import configure_logging, get_logger
+from app_kernel.observability.metrics import Metrics
+from app_kernel.observability.prometheus import PrometheusBackend
 from app_kernel.reliability.backends.idempotency_base import IdempotencyBackend
 from app_kernel.reliability.backends.redis_idempotency import RedisIdempotency
 from app_kernel.reliability.backends.redis_ratelimit import RedisRateLimitBackend
@@ -103,6 +109,12 @@ class Kernel:
         self.user_store = user_store
         self.is_admin = is_admin
         self.database = Database(settings.resolved_database_url)
+        observability = settings.observability
+        self.metrics = Metrics(
+            PrometheusBackend(observability.prometheus_multiproc_dir),
+            prefix=observability.metrics_prefix,
+            max_series_per_metric=observability.metrics_max_series_per_metric,
+        )
         self.redis: Redis | None = None
         self.sqlite: SqliteStore | None = None
         auth_state: AuthStateBackend
@@ -116,6 +128,7 @@ class Kernel:
             )
             idempotency_backend: IdempotencyBackend = RedisIdempotency(self.redis, self.redis_keys)
             lease_backend = RedisLeaseBackend(self.redis, self.redis_keys)
+            self.job_queue: JobQueue = RedisJobQueue(self.redis, self.redis_keys)
         else:
             self.sqlite = SqliteStore(settings.coordination_path)
             auth_state = SqliteAuthState(self.sqlite)
@@ -124,8 +137,11 @@ class Kernel:
             )
             idempotency_backend = SqliteIdempotency(self.sqlite)
             lease_backend = SqliteLeaseBackend(self.sqlite)
+            self.job_queue = SqliteJobQueue(self.sqlite)
         self.stream_leases = StreamLeaseLimiter(lease_backend, settings.streaming)
+        self.stream_leases.metrics = self.rate_limiter.metrics = self.metrics
         self.idempotency = Idempotency(idempotency_backend, settings.reliability)
+        self.jobs = JobClient(self.job_queue, settings.jobs, registry)
         self.audit = AuditLogger(SqlAuditStore(self.database))
         self.auth = self._build_auth(auth_state)
         self._exit_stack: AsyncExitStack | None = None
@@ -152,11 +168,19 @@ class Kernel:
             api_keys=ApiKeyStore(
                 self.database, cache_seconds=settings.auth.revocation_cache_seconds
             ),
-            audit=self.audit.log,
+            audit=self._audit_and_count,
             is_admin=self.is_admin,
             oidc=oidc,
             sql_users=sql_users,
         )
+
+    async def _audit_and_count(
+        self, action: str, status: str = "success", *args: Any, **kwargs: Any
+    ) -> Any:
+        """The auth area's audit hook: also counts ``auth_events_total{action,status}``
+        (logins ok/failed, refresh-token reuse, logouts, key changes)."""
+        self.metrics.increment("auth.events", tags={"action": action, "status": status})
+        return await self.audit.log(action, status, *args, **kwargs)
 
     async def optional_user(self, request: Request) -> UserIdentity | None:
         """The caller of ``request`` or None, resolved once per request.
@@ -224,6 +248,7 @@ class Kernel:
         self.is_open = False
         if stack is not None:
             await stack.aclose()
+        self.metrics.close()
         clear_current(self)
 
     async def _check_database(self) -> tuple[bool, str]:
@@ -252,4 +277,20 @@ class Kernel:
                 name, number = f"{base}#{number}", number + 1
             seen.add(name)
             checks.append((name, check))
-        return checks
+        return [(name, self._metered_check(name, check)) for name, check in checks]
+
+    def _metered_check(self, name: str, check: HealthCheck) -> HealthCheck:
+        """``check`` setting ``readiness_check_ok{check=name}`` to 1 or 0 on each run."""
+
+        async def metered() -> tuple[bool, str]:
+            ok = False
+            try:
+                ok, message = await check()
+                return ok, message
+            finally:
+                self.metrics.gauge(
+                    "readiness.check_ok", 1 if ok else 0, {"check": name}, mode="livemostrecent"
+                )
+
+        metered.__name__ = getattr(check, "__name__", name)
+        return metered

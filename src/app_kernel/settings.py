@@ -18,7 +18,9 @@ Nothing here does I/O beyond reading the environment and the manifest file.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -352,6 +354,11 @@ class RequestMetricsSettings(_Settings):
     """Paths never recorded."""
 
 
+def _metrics_token_hash_from_env() -> str | None:
+    token = os.environ.get("KERNEL_METRICS_TOKEN", "").strip()
+    return hashlib.sha256(token.encode("utf-8")).hexdigest() if token else None
+
+
 class ObservabilitySettings(_Settings):
     """Logging and metrics."""
 
@@ -367,6 +374,24 @@ class ObservabilitySettings(_Settings):
     """Write one line per HTTP request."""
     request_metrics: RequestMetricsSettings = Field(default_factory=RequestMetricsSettings)
     """Per-request records (see :class:`RequestMetricsSettings`)."""
+    metrics_prefix: str = Field(default="", pattern=r"^([a-zA-Z_][a-zA-Z0-9_]*)?$")
+    """Put in front of every Prometheus metric name (``myapp_`` gives
+    ``myapp_http_requests_total``). Default: none."""
+    metrics_token_hash: str | None = Field(
+        default_factory=_metrics_token_hash_from_env,
+        pattern=r"^[0-9a-f]{64}$",
+        json_schema_extra={"env": "KERNEL_METRICS_TOKEN", "secret": True},
+    )
+    """SHA-256 (hex) of a bearer token that may read ``/metrics`` when it is
+    admin-protected, for Prometheus. Env ``KERNEL_METRICS_TOKEN`` holds the plain
+    token instead; it is hashed when read and never kept. Default: none."""
+    metrics_max_series_per_metric: int = Field(default=2000, gt=0)
+    """Label combinations one metric may hold; further ones are dropped and counted
+    in ``app_kernel_metrics_dropped_series_total``."""
+    prometheus_multiproc_dir: str | None = _from_env("PROMETHEUS_MULTIPROC_DIR", parse_str, None)
+    """Directory of prometheus_client's multiprocess mode, for several API
+    processes; env ``PROMETHEUS_MULTIPROC_DIR``, which must be set before the
+    processes start. Default: none (one process)."""
 
     @field_validator("log_level", mode="before")
     @classmethod

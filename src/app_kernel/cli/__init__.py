@@ -20,10 +20,11 @@ from typing import Any
 from pydantic import BaseModel
 
 from app_kernel._runtime import kernel_of_app
-from app_kernel.cli import apikeys, users
+from app_kernel.cli import apikeys, jobs, users
 from app_kernel.cli._target import load_app
 from app_kernel.errors import KernelError, SettingsError
 from app_kernel.kernel import check_startup_settings
+from app_kernel.observability.prometheus import MULTIPROC_ENV, fresh_multiproc_dir
 from app_kernel.settings import KernelSettings
 
 __all__ = ("main", "redacted_settings")
@@ -77,6 +78,10 @@ def _check(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    if (args.workers or 1) > 1 and not os.environ.get(MULTIPROC_ENV):
+        # Metrics of several workers are merged through files in this directory;
+        # the workers inherit the variable.
+        os.environ[MULTIPROC_ENV] = fresh_multiproc_dir()
     uvicorn.run(
         args.app,
         host=args.host,
@@ -109,6 +114,7 @@ def _parser() -> argparse.ArgumentParser:
 
     users.add_parser(commands)
     apikeys.add_parser(commands)
+    jobs.add_parsers(commands)
     return parser
 
 

@@ -1,5 +1,14 @@
 """Logging, health and (with later issues) metrics and audit."""
 
 from app_kernel.observability.logging import get_logger, log_context
+from app_kernel.observability.metrics import MetricMisuse, Metrics, get_metrics
+from app_kernel.observability.tracing import current_trace_id
 
-__all__ = ("get_logger", "log_context")
+__all__ = (
+    "MetricMisuse",
+    "Metrics",
+    "current_trace_id",
+    "get_logger",
+    "get_metrics",
+    "log_context",
+)

@@ -27,6 +27,7 @@ from app_kernel.reliability.backends.base import (
 )
 
 if TYPE_CHECKING:
+    from app_kernel.observability.metrics import Metrics
     from app_kernel.settings import ReliabilitySettings
 
 __all__ = ("RateLimiter", "get_rate_limiter", "identifier_key")
@@ -59,6 +60,21 @@ def get_rate_limiter() -> RateLimiter:
     return current_kernel("get_rate_limiter()").rate_limiter
 
 
+def _policy_of(identifier: str | bytes) -> str:
+    """``global`` or ``route`` for the kernel's own limits, ``custom`` otherwise."""
+    text = identifier if isinstance(identifier, str) else ""
+    prefix = text.split(":", 1)[0]
+    return prefix if prefix in ("global", "route") else "custom"
+
+
+def _outcome_of(result: RateLimitResult) -> str:
+    if result.degraded:
+        return "degraded"
+    if result.shadowed:
+        return "shadowed"
+    return "allowed" if result.allowed else "rejected"
+
+
 class RateLimiter:
     """Sliding-window rate limiter on the kernel's coordination backend.
 
@@ -82,6 +98,8 @@ class RateLimiter:
         """Checks the backend failed or timed out on (let through or refused by policy)."""
         self.shadow_refusals = 0
         """Hits shadow mode let through that a limit would have refused."""
+        self.metrics: Metrics | None = None
+        """Where decisions are counted (``ratelimit_decisions_total``); the kernel sets its own."""
 
     @property
     def backend(self) -> RateLimitBackend:
@@ -141,6 +159,24 @@ class RateLimiter:
         Raises:
             BackendUnavailable: the backend failed and ``fail_open`` is False.
         """
+        result = await self._hit(identifier, limit, window, also=also, shadow=shadow)
+        if self.metrics is not None:
+            self.metrics.increment(
+                "ratelimit.decisions",
+                tags={"policy": _policy_of(identifier), "outcome": _outcome_of(result)},
+            )
+        return result
+
+    async def _hit(
+        self,
+        identifier: str | bytes,
+        limit: int | None = None,
+        window: float | None = None,
+        *,
+        also: Iterable[tuple[int, float]] = (),
+        shadow: bool | None = None,
+    ) -> RateLimitResult:
+        """The decision of :meth:`hit`, not counted in the metrics."""
         limits = self._limits(limit, window, also)
         settings = self.settings
         key = identifier_key(identifier)

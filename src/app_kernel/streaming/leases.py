@@ -17,11 +17,14 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import Awaitable
-from typing import NamedTuple, TypeVar
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from app_kernel.errors import BackendUnavailable
 from app_kernel.settings import StreamingSettings
 from app_kernel.streaming.backends.base import LeaseBackend
+
+if TYPE_CHECKING:
+    from app_kernel.observability.metrics import Metrics
 
 __all__ = ("LeaseAttempt", "StreamLeaseLimiter")
 
@@ -54,6 +57,8 @@ class StreamLeaseLimiter:
             settings.lease_refresh_interval_seconds or settings.lease_ttl_seconds / 3
         )
         self.backend_timeout_seconds = settings.backend_timeout_seconds
+        self.metrics: Metrics | None = None
+        """Where acquired/rejected/released leases are counted; the kernel sets its own."""
 
     async def _bounded(self, operation: str, call: Awaitable[T]) -> T:
         try:
@@ -85,6 +90,9 @@ class StreamLeaseLimiter:
             # is ours, so drop it rather than hold a slot until the TTL.
             await asyncio.shield(self._release_quietly(user_id, lease_id))
             raise
+        if self.metrics is not None:
+            outcome = "acquired" if grant.granted else "rejected"
+            self.metrics.increment("stream_leases.events", tags={"event": outcome})
         if not grant.granted:
             return LeaseAttempt(None, grant.retry_after_seconds)
         return LeaseAttempt(lease_id, 0.0)
@@ -108,6 +116,8 @@ class StreamLeaseLimiter:
                 expires after its TTL).
         """
         await self._bounded("release", self.backend.release(user_id, lease_id))
+        if self.metrics is not None:
+            self.metrics.increment("stream_leases.events", tags={"event": "released"})
 
     async def _release_quietly(self, user_id: str, lease_id: str) -> None:
         with contextlib.suppress(BackendUnavailable):  # else it expires after its TTL

@@ -10,6 +10,7 @@ from structlog.contextvars import bind_contextvars, reset_contextvars
 
 from app_kernel.observability.context import request_client_ip, request_id
 from app_kernel.observability.logging import get_logger
+from app_kernel.observability.tracing import reset_trace_id, set_trace_id, trace_id_of
 from app_kernel.types import ASGIApp, Message, Receive, Scope, Send
 from app_kernel.web.client_ip import ClientIpResolver
 
@@ -91,7 +92,9 @@ class RequestContextMiddleware:
 
         id_token = request_id.set(rid)
         ip_token = request_client_ip.set(client_ip)
-        log_tokens = bind_contextvars(request_id=rid)
+        trace_id = trace_id_of(scope)
+        trace_token = set_trace_id(trace_id)
+        log_tokens = bind_contextvars(request_id=rid, trace_id=trace_id)
         try:
             await self.app(scope, receive, send_with_id)
         finally:
@@ -104,5 +107,6 @@ class RequestContextMiddleware:
                     duration_ms=round((time.perf_counter() - started) * 1000, 2),
                 )
             reset_contextvars(**log_tokens)
+            reset_trace_id(trace_token)
             request_client_ip.reset(ip_token)
             request_id.reset(id_token)

@@ -5,6 +5,8 @@ Outermost first, as a request meets them:
 1. :class:`RequestContextMiddleware`: request id, log context, access log. It
    is outermost so that every response, errors included, carries the id and
    is logged.
+   :class:`HttpMetricsMiddleware` (with ``enable_metrics``) sits just inside
+   it, so every request, errors included, is counted and timed.
 2. :class:`SecurityHeadersMiddleware`: headers on every response.
 3. Starlette's ``CORSMiddleware``: preflights and CORS headers. Outside the
    error handling, so that a 500 still carries CORS headers and a browser
@@ -36,6 +38,7 @@ from app_kernel.web.body_limit import BodyLimitMiddleware
 from app_kernel.web.client_ip import ClientIpResolver
 from app_kernel.web.errors import UnhandledErrorMiddleware
 from app_kernel.web.hosts import AllowedHostsMiddleware
+from app_kernel.web.metrics_middleware import HttpMetricsMiddleware
 from app_kernel.web.problems import (
     backend_unavailable_handler,
     http_exception_handler,
@@ -68,6 +71,8 @@ def install_http_layer(app: FastAPI, settings: KernelSettings) -> None:
         expose_headers=_EXPOSED_HEADERS,
     )
     app.add_middleware(SecurityHeadersMiddleware)
+    if settings.features.enable_metrics:
+        app.add_middleware(HttpMetricsMiddleware, metrics_path=settings.features.metrics_path)
     app.add_middleware(
         RequestContextMiddleware,
         client_ip=ClientIpResolver(http.trusted_proxies),

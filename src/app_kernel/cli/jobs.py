@@ -1,0 +1,100 @@
+"""``app-kernel worker`` runs jobs; ``app-kernel jobs`` inspects and repairs the queue."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from app_kernel._runtime import kernel_of_app
+from app_kernel.cli._target import load_app, open_kernel
+from app_kernel.errors import KernelError
+from app_kernel.jobs.worker import WorkerManager
+
+__all__ = ("add_parsers",)
+
+
+async def _worker(args: argparse.Namespace) -> int:
+    kernel = kernel_of_app(load_app(args.app))
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
+    try:
+        manager = WorkerManager(kernel, concurrency=args.concurrency, queues=queues)
+    except ValueError as exc:
+        raise KernelError(str(exc)) from exc
+    if not len(manager.registry):
+        print(f"app-kernel: warning: {args.app} registers no tasks", file=sys.stderr)
+    await manager.start()
+    return 0
+
+
+async def _status(args: argparse.Namespace) -> int:
+    async with open_kernel(args.app) as kernel:
+        print(json.dumps(await kernel.jobs.get_queue_status(), indent=2, default=str))
+    return 0
+
+
+async def _dead(args: argparse.Namespace) -> int:
+    async with open_kernel(args.app) as kernel:
+        for job in await kernel.jobs.list_dead(limit=args.limit, offset=args.offset):
+            print(json.dumps(job.to_dict(), default=str))
+    return 0
+
+
+def _target(args: argparse.Namespace) -> str | None:
+    if args.all == (args.job_id is not None):
+        msg = f"jobs {args.jobs_command}: give either a JOB_ID or --all"
+        raise KernelError(msg)
+    job_id: str | None = args.job_id
+    return job_id
+
+
+async def _retry(args: argparse.Namespace) -> int:
+    job_id = _target(args)
+    async with open_kernel(args.app) as kernel:
+        count = await kernel.jobs.retry_dead(job_id)
+    print(f"requeued {count} dead job(s)")
+    return 0 if count or job_id is None else 1
+
+
+async def _purge(args: argparse.Namespace) -> int:
+    job_id = _target(args)
+    async with open_kernel(args.app) as kernel:
+        count = await kernel.jobs.purge_dead(job_id)
+    print(f"deleted {count} dead job(s)")
+    return 0 if count or job_id is None else 1
+
+
+def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``worker`` and ``jobs`` and its sub-commands."""
+    worker = commands.add_parser(
+        "worker", help="run the jobs of MODULE:APP until SIGTERM or SIGINT"
+    )
+    worker.add_argument("app", help="the app whose tasks to run, as MODULE:APP")
+    worker.add_argument(
+        "--concurrency", type=int, default=None, help="jobs at once (default: jobs.worker_count)"
+    )
+    worker.add_argument(
+        "--queues", default=None, help="comma-separated priorities to serve, e.g. high,normal"
+    )
+    worker.set_defaults(run_async=_worker)
+
+    jobs = commands.add_parser("jobs", help="inspect the job queue and manage dead jobs")
+    jobs.add_argument("--app", help="MODULE:APP whose settings to use")
+    sub = jobs.add_subparsers(dest="jobs_command", required=True)
+
+    status = sub.add_parser("status", help="queue depths, running and dead counts, live workers")
+    status.set_defaults(run_async=_status)
+
+    dead = sub.add_parser("dead", help="list dead jobs, most recent first (JSON lines)")
+    dead.add_argument("--limit", type=int, default=100)
+    dead.add_argument("--offset", type=int, default=0)
+    dead.set_defaults(run_async=_dead)
+
+    for name, run, text in (
+        ("retry", _retry, "requeue a dead job (or --all) with fresh attempts"),
+        ("purge", _purge, "delete a dead job (or --all)"),
+    ):
+        command = sub.add_parser(name, help=text)
+        command.add_argument("job_id", nargs="?", default=None)
+        command.add_argument("--all", action="store_true", help="every dead job")
+        command.set_defaults(run_async=run)
