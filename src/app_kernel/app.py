@@ -18,6 +18,7 @@ from app_kernel.kernel import Kernel
 from app_kernel.observability.audit_routes import audit_router
 from app_kernel.observability.health import health_router
 from app_kernel.observability.metrics_routes import metrics_guard, metrics_router
+from app_kernel.observability.request_metrics_routes import request_metrics_router
 from app_kernel.reliability.idempotency_http import IdempotencyMiddleware
 from app_kernel.service_config import ServiceConfig, to_kernel_settings
 from app_kernel.settings import KernelSettings
@@ -28,6 +29,7 @@ from app_kernel.web.stack import install_http_layer
 __all__ = ("create_service", "init_app_kernel")
 
 IsAdmin = Callable[[Mapping[str, Any]], bool]
+REQUEST_METRICS_PATH = "/metrics/requests"
 
 
 def init_app_kernel(
@@ -95,6 +97,8 @@ def init_app_kernel(
             token_hash=settings.observability.metrics_token_hash,
         )
         app.include_router(metrics_router(features.metrics_path, guard))
+    if settings.observability.request_metrics.enabled:
+        app.include_router(request_metrics_router(REQUEST_METRICS_PATH, require_admin))
 
     app_lifespan = app.router.lifespan_context
 

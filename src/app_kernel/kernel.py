@@ -34,11 +34,19 @@ from app_kernel.jobs.backends.base import JobQueue
 from app_kernel.jobs.backends.redis import RedisJobQueue
 from app_kernel.jobs.backends.sqlite import SqliteJobQueue
 from app_kernel.jobs.client import JobClient
+from app_kernel.jobs.registry import kernel_tasks
 from app_kernel.observability.audit import AuditLogger, SqlAuditStore
 from app_kernel.observability.health import check_name
 from app_kernel.observability.logging import configure_logging, get_logger
 from app_kernel.observability.metrics import Metrics
 from app_kernel.observability.prometheus import PrometheusBackend
+from app_kernel.observability.request_metrics import BATCH_PRIORITY, RequestMetricsRecorder
+from app_kernel.observability.request_metrics_store import (
+    STORE_TASK,
+    bind_database,
+    store_batch_task,
+    unbind_database,
+)
 from app_kernel.reliability.backends.idempotency_base import IdempotencyBackend
 from app_kernel.reliability.backends.redis_idempotency import RedisIdempotency
 from app_kernel.reliability.backends.redis_ratelimit import RedisRateLimitBackend
@@ -61,6 +69,11 @@ __all__ = ("MIN_SECRET_BYTES", "Kernel", "check_startup_settings")
 
 MIN_SECRET_BYTES = 32
 _log = get_logger("app_kernel.kernel")
+
+if STORE_TASK not in kernel_tasks:
+    kernel_tasks.register(
+        STORE_TASK, store_batch_task, timeout=60, max_attempts=3, description="request metrics"
+    )
 
 
 def check_startup_settings(settings: KernelSettings) -> None:
@@ -141,8 +154,14 @@ class Kernel:
         self.stream_leases = StreamLeaseLimiter(lease_backend, settings.streaming)
         self.stream_leases.metrics = self.rate_limiter.metrics = self.metrics
         self.idempotency = Idempotency(idempotency_backend, settings.reliability)
-        self.jobs = JobClient(self.job_queue, settings.jobs, registry)
+        self.jobs = JobClient(self.job_queue, settings.jobs, registry, metrics=self.metrics)
         self.audit = AuditLogger(SqlAuditStore(self.database))
+        self.request_metrics = RequestMetricsRecorder(
+            observability.request_metrics,
+            self.metrics,
+            enqueue=lambda payload: self.jobs.enqueue(STORE_TASK, payload, priority=BATCH_PRIORITY),
+            backlog=self._request_metrics_backlog,
+        )
         self.auth = self._build_auth(auth_state)
         self._exit_stack: AsyncExitStack | None = None
         self.is_open = False
@@ -231,6 +250,10 @@ class Kernel:
             if self.redis is not None:
                 stack.push_async_callback(self.redis.aclose)
             stack.push_async_callback(self.auth.aclose)
+            stack.push_async_callback(unbind_database, bind_database(self.database))
+            if settings.observability.request_metrics.enabled:
+                self.request_metrics.start()
+                stack.push_async_callback(self.request_metrics.stop)
         except BaseException:
             await stack.aclose()
             raise
@@ -250,6 +273,10 @@ class Kernel:
             await stack.aclose()
         self.metrics.close()
         clear_current(self)
+
+    async def _request_metrics_backlog(self) -> int:
+        status = await self.job_queue.status()
+        return int(status["queues"][BATCH_PRIORITY])
 
     async def _check_database(self) -> tuple[bool, str]:
         await self.database.ping()

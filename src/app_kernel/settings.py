@@ -351,7 +351,21 @@ class RequestMetricsSettings(_Settings):
     enabled: bool = False
     """Capture a record for every request not excluded below."""
     exclude_paths: tuple[str, ...] = ("/health", "/healthz", "/readyz", "/metrics", "/favicon.ico")
-    """Paths never recorded."""
+    """Paths never recorded: a path equal to one of these or below it (``/metrics``
+    also covers ``/metrics/requests``, not ``/metricsx``)."""
+    buffer_size: int = Field(default=10_000, ge=1, le=1_000_000)
+    """Records held in memory between flushes; when full, new records are dropped
+    and counted in ``request_metrics_dropped_total``. Default: 10 000."""
+    batch_size: int = Field(default=500, ge=1, le=1_000)
+    """Records per stored batch (one job, one INSERT). Default: 500."""
+    flush_interval_seconds: float = Field(default=1.0, gt=0, le=3_600)
+    """How often buffered records are handed to the job queue. Default: 1 s."""
+    retention_days: int = Field(default=30, ge=1)
+    """Records older than this are deleted (hourly, by the worker). Default: 30."""
+    max_queued_batches: int = Field(default=100, ge=1)
+    """When this many low-priority jobs already wait (no worker keeps up), new
+    batches are dropped and counted in ``request_metrics_batches_dropped_total``.
+    Default: 100."""
 
 
 def _metrics_token_hash_from_env() -> str | None:

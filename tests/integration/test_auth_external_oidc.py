@@ -319,6 +319,16 @@ async def test_audience_list_containing_ours_is_accepted(
 # --- refused claims ----------------------------------------------------------------------
 
 
+class _Ago:
+    """A time ``seconds`` before the moment the test runs (negative: after it)."""
+
+    def __init__(self, seconds: int) -> None:
+        self.seconds = seconds
+
+    def at(self, now: float) -> int:
+        return int(now) - self.seconds
+
+
 @pytest.mark.parametrize(
     "claims",
     [
@@ -329,9 +339,9 @@ async def test_audience_list_containing_ours_is_accepted(
         pytest.param({"iss": [ISSUER]}, id="iss-list"),
         pytest.param({"aud": "other-api"}, id="wrong-aud"),
         pytest.param({"aud": AUDIENCE + "-2"}, id="aud-extended"),
-        pytest.param({"exp": int(time.time()) - 60}, id="expired"),
-        pytest.param({"nbf": int(time.time()) + 120}, id="not-yet-valid"),
-        pytest.param({"iat": int(time.time()) + 120}, id="issued-in-future"),
+        pytest.param({"exp": _Ago(60)}, id="expired"),
+        pytest.param({"nbf": _Ago(-120)}, id="not-yet-valid"),
+        pytest.param({"iat": _Ago(-120)}, id="issued-in-future"),
         pytest.param({"exp": _DROP}, id="no-exp"),
         pytest.param({"iat": _DROP}, id="no-iat"),
         pytest.param({"sub": _DROP}, id="no-sub"),
@@ -344,6 +354,8 @@ async def test_audience_list_containing_ours_is_accepted(
 async def test_bad_claims_are_refused(
     verifier: OidcVerifier, keys: Keys, claims: dict[str, Any]
 ) -> None:
+    # Times are taken now, not at collection: a long suite would age them past the test.
+    claims = {k: v.at(time.time()) if isinstance(v, _Ago) else v for k, v in claims.items()}
     await _refused(verifier, make_token(keys.rsa1, **claims))
 
 

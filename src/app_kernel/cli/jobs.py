@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 
 from app_kernel._runtime import kernel_of_app
 from app_kernel.cli._target import load_app, open_kernel
 from app_kernel.errors import KernelError
+from app_kernel.jobs.metrics import WorkerMetricsServer
 from app_kernel.jobs.worker import WorkerManager
 
 __all__ = ("add_parsers",)
@@ -23,7 +25,24 @@ async def _worker(args: argparse.Namespace) -> int:
         raise KernelError(str(exc)) from exc
     if not len(manager.registry):
         print(f"app-kernel: warning: {args.app} registers no tasks", file=sys.stderr)
-    await manager.start()
+    server = None
+    if args.metrics_port is not None:
+        try:
+            server = WorkerMetricsServer(
+                kernel.metrics,
+                mode=kernel.settings.features.protect_metrics,
+                token_hash=kernel.settings.observability.metrics_token_hash,
+                host=args.metrics_host,
+                port=args.metrics_port,
+            ).start()
+        except OSError as exc:
+            msg = f"--metrics-port {args.metrics_port}: {exc}"
+            raise KernelError(msg) from exc
+    try:
+        await manager.start()
+    finally:
+        if server is not None:
+            await asyncio.to_thread(server.close)
     return 0
 
 
@@ -75,6 +94,15 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     worker.add_argument(
         "--queues", default=None, help="comma-separated priorities to serve, e.g. high,normal"
+    )
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve this worker's /metrics on this port (protected as features.protect_metrics)",
+    )
+    worker.add_argument(
+        "--metrics-host", default="127.0.0.1", help="address of --metrics-port (127.0.0.1)"
     )
     worker.set_defaults(run_async=_worker)
 

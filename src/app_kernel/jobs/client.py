@@ -7,6 +7,12 @@ registry the client was given (the app's, plus the kernel's ``kernel:`` tasks);
 a client built without a registry, as in a process that only enqueues, cannot
 know the worker's tasks and accepts any name (the worker then moves a job with
 an unknown name to dead).
+
+An enqueue made while a request is served stores the request's trace id
+(:func:`~app_kernel.observability.tracing.current_trace_id`) in the job's
+metadata under ``trace_id`` unless the caller set one; the worker binds it to
+the job's logs. Written jobs are counted in ``jobs_enqueued_total{task}``
+(``__unknown__`` for names the client's registry does not know).
 """
 
 from __future__ import annotations
@@ -16,12 +22,17 @@ import math
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app_kernel.jobs.backends.base import PRIORITIES, JobInfo, JobQueue, JobSpec, Priority
 from app_kernel.jobs.errors import InvalidJobError, UnknownTaskError
+from app_kernel.jobs.metrics import JobMetrics
 from app_kernel.jobs.registry import KERNEL_TASK_PREFIX, JobRegistry, kernel_tasks
+from app_kernel.observability.tracing import current_trace_id
 from app_kernel.settings import JobSettings
+
+if TYPE_CHECKING:
+    from app_kernel.observability.metrics import Metrics
 
 __all__ = ("MAX_JOB_ID_LENGTH", "EnqueueResult", "JobClient", "to_json")
 
@@ -61,10 +72,16 @@ class JobClient:
         queue: JobQueue,
         settings: JobSettings,
         registry: JobRegistry | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.queue = queue
         self.settings = settings
         self.registry = registry
+        self.job_metrics = JobMetrics(metrics, registry) if metrics is not None else None
+
+    def _count_enqueued(self, task_name: str, count: int) -> None:
+        if self.job_metrics is not None and count:
+            self.job_metrics.count("enqueued", task_name, count)
 
     # --- checks --------------------------------------------------------------------
 
@@ -132,7 +149,11 @@ class JobClient:
                 "enqueue a reference"
             )
             raise InvalidJobError(msg)
-        metadata_json = to_json(dict(metadata or {}), "metadata")
+        meta = dict(metadata or {})
+        trace_id = current_trace_id()
+        if trace_id is not None and "trace_id" not in meta:
+            meta["trace_id"] = trace_id
+        metadata_json = to_json(meta, "metadata")
         meta_timeout, meta_attempts = self._metadata(task_name)
         final_timeout = timeout if timeout is not None else meta_timeout
         if final_timeout is None:
@@ -220,6 +241,7 @@ class JobClient:
             on_failure=on_failure,
         )
         (outcome,) = await self.queue.enqueue([spec])
+        self._count_enqueued(spec.task_name, 0 if outcome.deduplicated else 1)
         return EnqueueResult(
             outcome.job_id, spec.task_name, spec.priority, outcome.enqueued_at, outcome.deduplicated
         )
@@ -251,6 +273,7 @@ class JobClient:
         if not specs:
             return []
         outcomes = await self.queue.enqueue(specs)
+        self._count_enqueued(task_name, sum(not o.deduplicated for o in outcomes))
         return [
             EnqueueResult(o.job_id, s.task_name, s.priority, o.enqueued_at, o.deduplicated)
             for s, o in zip(specs, outcomes, strict=True)

@@ -23,6 +23,19 @@ Shutdown (SIGTERM, SIGINT or :meth:`WorkerManager.stop`): stop claiming, let
 running jobs finish for ``shutdown_grace_seconds`` (a second signal cuts the
 wait short), then cancel the rest and ``release`` their leases so another
 worker takes them at once without spending an attempt; unregister and close.
+
+Metrics (:mod:`app_kernel.jobs.metrics`): started, succeeded, failed, retried,
+dead and abandoned-thread counters and a duration histogram by task, and queue
+gauges refreshed every ``reap_interval_seconds``. ``app-kernel worker MODULE:APP
+--metrics-port N`` serves them on ``127.0.0.1:N/metrics``. On one host where the
+API and the workers share ``PROMETHEUS_MULTIPROC_DIR``, the API's ``/metrics``
+already includes the workers' series (they write to the same directory), so
+scraping the worker port as well would count them twice.
+
+Trace context: a job enqueued during a request carries that request's trace id
+in ``metadata["trace_id"]``; the worker binds it as ``trace_id`` in the log
+context (and ``ctx.log``) of every attempt and makes it the current trace id,
+so the job's logs, and jobs it enqueues, tie back to the request.
 """
 
 from __future__ import annotations
@@ -32,6 +45,7 @@ import contextlib
 import contextvars
 import json
 import os
+import random
 import signal
 import socket
 import threading
@@ -42,15 +56,19 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 
+from app_kernel.errors import BackendUnavailable
 from app_kernel.jobs.backends.base import PRIORITIES, Claimed, JobQueue, JobSpec, Priority
 from app_kernel.jobs.client import to_json
 from app_kernel.jobs.context import JobContext
 from app_kernel.jobs.errors import InvalidJobError, PermanentError, Retry
+from app_kernel.jobs.failpoints import failpoint, load_failpoints
+from app_kernel.jobs.metrics import JobMetrics
 from app_kernel.jobs.registry import JobRegistry, TaskInfo, kernel_tasks
 from app_kernel.jobs.retry import backoff_delay, policy_from_settings
-from app_kernel.observability.logging import get_logger
+from app_kernel.observability.logging import get_logger, log_context
+from app_kernel.observability.tracing import reset_trace_id, set_trace_id
 
 if TYPE_CHECKING:
     from app_kernel.kernel import Kernel
@@ -60,6 +78,10 @@ __all__ = ("SideQueueFactory", "WorkerManager", "open_side_queue")
 _log = get_logger("app_kernel.jobs.worker")
 
 _CANCEL_WAIT_SECONDS = 2.0
+_SETTLE_BACKOFF_SECONDS = (0.05, 1.0)  # first and longest wait between result retries
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 StopReason = Literal["shutdown", "cancelled", "lost"]
 SideQueueFactory = Callable[["Kernel"], Awaitable[tuple[JobQueue, Callable[[], Awaitable[None]]]]]
@@ -155,6 +177,7 @@ class WorkerManager:
         self.handle_signals = handle_signals
         self._side_queue_factory = side_queue_factory
         self._retry_policy = policy_from_settings(self.settings)
+        self.job_metrics = JobMetrics(kernel.metrics, self.registry)
         self._weights: dict[Priority, int] | None = (
             None
             if self.settings.strict_priority
@@ -205,8 +228,12 @@ class WorkerManager:
         if self._state != "new":
             msg = "this WorkerManager was already started; build a new one"
             raise RuntimeError(msg)
+        load_failpoints()  # test-only crash switches; nothing is armed normally
         self._state = "running"
         self._loop = asyncio.get_running_loop()
+        # First, so that a SIGTERM arriving while the kernel opens is a graceful
+        # stop rather than the default action, which kills the process.
+        self._install_signal_handlers()
         try:
             if not self.kernel.is_open:
                 await self.kernel.open()
@@ -215,7 +242,6 @@ class WorkerManager:
             self._pool = ThreadPoolExecutor(
                 self.settings.thread_pool_size, thread_name_prefix="app_kernel-job"
             )
-            self._install_signal_handlers()
             await self._start_heartbeat_thread()
         except BaseException:
             await self._teardown()
@@ -333,6 +359,7 @@ class WorkerManager:
                 await self._until_stop(asyncio.sleep(1.0))
                 continue
             for job in claimed:
+                failpoint("after_claim")
                 self._launch(job)
             if not claimed:
                 await self._until_stop(self.queue.wait_for_work(1.0))
@@ -352,6 +379,9 @@ class WorkerManager:
             enqueued_at=job.enqueued_at,
             progress_sink=partial(self.queue.progress, job.job_id, job.token),
         )
+        trace_id = ctx.metadata.get("trace_id")
+        if isinstance(trace_id, str) and trace_id:
+            ctx.log = ctx.log.bind(trace_id=trace_id)
         run = _Running(job, ctx)
         self._running[job.job_id] = run
         with self._lock:
@@ -365,13 +395,18 @@ class WorkerManager:
 
     async def _supervise(self, run: _Running) -> None:
         job = run.claimed
+        trace_id = run.ctx.metadata.get("trace_id")
+        trace_id = trace_id if isinstance(trace_id, str) and trace_id else None
+        trace_token = set_trace_id(trace_id)  # this task's context only
         try:
-            await self._execute(run)
+            with log_context(trace_id=trace_id) if trace_id else contextlib.nullcontext():
+                await self._execute(run)
         except Exception:
             # A backend call failed: the lease runs out and any worker's reaper
             # counts the attempt, so nothing is lost.
             _log.exception("handling a job failed", job_id=job.job_id, task=job.task_name)
         finally:
+            reset_trace_id(trace_token)
             self._running.pop(job.job_id, None)
             with self._lock:
                 self._leases.pop(job.job_id, None)
@@ -393,9 +428,11 @@ class WorkerManager:
             await self._fail(run, f"payload is not valid JSON: {exc}", None, retry_delay=None)
             return
         ctx.log.info("job started")
+        self.job_metrics.count("started", job.task_name)
         started = time.monotonic()
         run.handler = asyncio.create_task(self._invoke(info, payload, ctx, job.timeout_seconds))
         await asyncio.wait({run.handler})  # never cancels the handler on our behalf
+        self.job_metrics.duration(job.task_name, time.monotonic() - started)
         elapsed = round(time.monotonic() - started, 3)
         handler = run.handler
         if run.stop_reason == "lost":
@@ -451,6 +488,7 @@ class WorkerManager:
         except asyncio.CancelledError:
             if not future.cancel() and not future.done():
                 self.abandoned_threads += 1
+                self.job_metrics.count("abandoned_threads", ctx.task_name)
                 ctx.log.warning(
                     "a plain-function handler was abandoned in its thread; it keeps running "
                     "until it returns",
@@ -475,6 +513,30 @@ class WorkerManager:
             metadata_json=json.dumps({"parent_job_id": job.job_id}),
         )
 
+    async def _settle(
+        self, call: Callable[_P, Awaitable[_T]], *args: _P.args, **kwargs: _P.kwargs
+    ) -> _T:
+        """``call`` (``complete`` or ``fail``), retried while the backend is unavailable.
+
+        A Redis restart leaves dead connections in the pool, so the first call after
+        it fails even though Redis is back; without a retry the result is dropped
+        and the job runs again. Retrying is safe: both calls are fenced by the lease
+        token (a retry of a call that did land answers "lost"). Gives up, with
+        jittered backoff, once the lease would have run out anyway.
+        """
+        deadline = time.monotonic() + self.settings.lease_seconds
+        delay, longest = _SETTLE_BACKOFF_SECONDS
+        while True:
+            try:
+                return await call(*args, **kwargs)
+            except BackendUnavailable as exc:
+                wait = delay * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not crypto
+                if time.monotonic() + wait > deadline:
+                    raise
+                _log.warning("recording a job's outcome failed; retrying", error=repr(exc))
+                await asyncio.sleep(wait)
+                delay = min(delay * 2, longest)
+
     async def _complete(
         self, run: _Running, payload: dict[str, Any], result: Any, elapsed: float
     ) -> None:
@@ -486,11 +548,13 @@ class WorkerManager:
             await self._fail(run, str(exc), None, retry_delay=retry)
             return
         del payload
+        failpoint("before_ack")
         body = (
             f'{{"job_id":{json.dumps(job.job_id)},"result":{result_json},'
             f'"payload":{job.payload_json}}}'
         )
-        ok = await self.queue.complete(
+        ok = await self._settle(
+            self.queue.complete,
             job.job_id,
             job.token,
             result_json,
@@ -498,6 +562,7 @@ class WorkerManager:
             on_success=self._follow_up(job, job.on_success, body),
         )
         if ok:
+            self.job_metrics.count("succeeded", job.task_name)
             run.ctx.log.info("job succeeded", seconds=elapsed)
         else:
             run.ctx.log.warning("lease lost before completion: the result is dropped")
@@ -510,7 +575,9 @@ class WorkerManager:
             f'{{"job_id":{json.dumps(job.job_id)},"error":{json.dumps(error)},'
             f'"payload":{job.payload_json}}}'
         )
-        outcome = await self.queue.fail(
+        failpoint("before_fail")
+        outcome = await self._settle(
+            self.queue.fail,
             job.job_id,
             job.token,
             error=error,
@@ -520,6 +587,9 @@ class WorkerManager:
             on_failure=self._follow_up(job, job.on_failure, body),
         )
         log = run.ctx.log.bind(error=error, outcome=outcome)
+        if outcome != "lost":
+            self.job_metrics.count("failed", job.task_name)
+            self.job_metrics.count("dead" if outcome == "dead" else "retried", job.task_name)
         if outcome == "lost":
             log.warning("lease lost before the failure was recorded")
         elif outcome == "dead":
@@ -541,6 +611,10 @@ class WorkerManager:
                     _log.warning("reaped jobs whose lease expired", count=count)
             except Exception as exc:
                 _log.warning("reaping expired leases failed", error=repr(exc))
+            try:
+                self.job_metrics.queue_status(await self.queue.status())
+            except Exception as exc:
+                _log.warning("refreshing the queue gauges failed", error=repr(exc))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop_event.wait(), self.settings.reap_interval_seconds)
 
@@ -617,6 +691,7 @@ class WorkerManager:
             except Exception as exc:
                 _log.warning("lease heartbeat failed", job_id=job_id, error=repr(exc))
                 return
+            failpoint("after_heartbeat")
             if not reply.owned:
                 with self._lock:
                     if self._leases.get(job_id) == token:

@@ -2,11 +2,13 @@
 
 from app_kernel.observability.logging import get_logger, log_context
 from app_kernel.observability.metrics import MetricMisuse, Metrics, get_metrics
+from app_kernel.observability.request_metrics_store import RequestMetricsStore
 from app_kernel.observability.tracing import current_trace_id
 
 __all__ = (
     "MetricMisuse",
     "Metrics",
+    "RequestMetricsStore",
     "current_trace_id",
     "get_logger",
     "get_metrics",

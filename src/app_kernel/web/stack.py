@@ -28,7 +28,9 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 
+from app_kernel._runtime import kernel_of_app
 from app_kernel.errors import BackendUnavailable
+from app_kernel.observability.request_metrics import RequestMetricsMiddleware
 from app_kernel.reliability.ratelimit_middleware import (
     GlobalRateLimitMiddleware,
     global_limit_exemptions,
@@ -44,7 +46,7 @@ from app_kernel.web.problems import (
     http_exception_handler,
     validation_exception_handler,
 )
-from app_kernel.web.request_context import RequestContextMiddleware
+from app_kernel.web.request_context import RequestContextMiddleware, route_template
 from app_kernel.web.security_headers import SecurityHeadersMiddleware
 
 __all__ = ("install_http_layer",)
@@ -73,6 +75,15 @@ def install_http_layer(app: FastAPI, settings: KernelSettings) -> None:
     app.add_middleware(SecurityHeadersMiddleware)
     if settings.features.enable_metrics:
         app.add_middleware(HttpMetricsMiddleware, metrics_path=settings.features.metrics_path)
+    request_metrics = settings.observability.request_metrics
+    if request_metrics.enabled:
+        # Inside the request context: it reads the request id and client IP.
+        app.add_middleware(
+            RequestMetricsMiddleware,
+            recorder_of=lambda scope: kernel_of_app(scope["app"]).request_metrics,
+            route_of=route_template,
+            exclude_paths=request_metrics.exclude_paths,
+        )
     app.add_middleware(
         RequestContextMiddleware,
         client_ip=ClientIpResolver(http.trusted_proxies),

@@ -1,0 +1,376 @@
+"""Request metrics: one record per HTTP request, stored in the background.
+
+:class:`RequestMetricsMiddleware` (pure ASGI, just inside the request-context
+middleware) captures, after each response, the spec's fields: method, path,
+route template, query parameters (credential values redacted), request id,
+status, error detail, server latency, real client IP, user agent, referer,
+user and workspace ids, country and the timestamp with its year/month/day/hour.
+It hands the record to a :class:`RequestMetricsBuffer` and never waits: a full
+buffer drops the new record and counts it in ``request_metrics_dropped_total``.
+
+:class:`RequestMetricsRecorder` (one per kernel) owns the buffer and a flusher
+task that, every ``flush_interval_seconds``, enqueues the buffered records in
+batches of ``batch_size`` as the kernel task ``kernel:request_metrics.store``;
+a worker stores each batch with one INSERT in one transaction. When ``max_queued_batches``
+low-priority jobs already wait (no worker keeps up), or the queue fails, the
+batch is dropped and counted in ``request_metrics_batches_dropped_total``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
+
+from app_kernel.observability.logging import REDACTED, get_logger, is_secret_key
+
+if TYPE_CHECKING:
+    from app_kernel.observability.metrics import Metrics
+    from app_kernel.settings import RequestMetricsSettings
+    from app_kernel.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = (
+    "BATCH_PRIORITY",
+    "RequestMetricsBuffer",
+    "RequestMetricsMiddleware",
+    "RequestMetricsRecorder",
+    "capture_query_params",
+)
+
+DROPPED = "request_metrics.dropped"
+BATCHES_DROPPED = "request_metrics.batches_dropped"
+BATCHES_QUEUED = "request_metrics.batches_queued"
+BUFFERED = "request_metrics.buffered"
+BATCH_PRIORITY = "low"
+"""Priority of the store jobs; the backlog check counts this queue."""
+
+_MAX_TEXT = 512
+_MAX_PATH = 1024
+_MAX_ID = 255
+_MAX_PARAMS = 50
+_MAX_PARAM_KEY = 128
+_MAX_PARAM_VALUE = 256
+_MAX_ERROR_BODY = 16 * 1024
+# Query keys whose values are redacted on top of the logging module's credential words.
+_EXTRA_SECRET_PARTS = frozenset({"key", "code", "sig", "auth", "otp", "session", "sid"})
+_log = get_logger("app_kernel.request_metrics")
+
+
+def _secret_param(name: str) -> bool:
+    if is_secret_key(name):
+        return True
+    lowered = name.lower()
+    parts = [p for p in "".join(c if c.isalnum() else " " for c in lowered).split() if p]
+    return any(part in _EXTRA_SECRET_PARTS for part in parts)
+
+
+def capture_query_params(query_string: bytes) -> dict[str, Any] | None:
+    """The query parameters as ``{key: value}`` (a list for repeated keys), credential
+    values (``token``, ``password``, ``key``, ``secret``, ``code``, ``signature``...)
+    replaced by ``[redacted]``; at most 50 keys, values cut to 256 characters."""
+    if not query_string:
+        return None
+    params: dict[str, Any] = {}
+    pairs = parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
+    for raw_key, raw_value in pairs:
+        key = raw_key[:_MAX_PARAM_KEY]
+        value = REDACTED if _secret_param(key) else raw_value[:_MAX_PARAM_VALUE]
+        if key in params:
+            existing = params[key]
+            if isinstance(existing, list):
+                if len(existing) < _MAX_PARAMS:
+                    existing.append(value)
+            else:
+                params[key] = [existing, value]
+        elif len(params) < _MAX_PARAMS:
+            params[key] = value
+    return params or None
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            text: str = value.decode("latin-1")
+            return text
+    return None
+
+
+def _cut(text: str | None, length: int) -> str | None:
+    return None if text is None else text[:length]
+
+
+def _status_phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return f"HTTP {status}"
+
+
+def _error_detail(status: int, body: bytes | None) -> str:
+    """The ``detail`` of a problem+json body (first 512 characters), else the phrase."""
+    if body:
+        try:
+            data = json.loads(body)
+        except ValueError:
+            data = None
+        if isinstance(data, dict):
+            detail = data.get("detail")
+            if isinstance(detail, str) and detail:
+                return detail[:_MAX_TEXT]
+    return _status_phrase(status)
+
+
+class RequestMetricsBuffer:
+    """A bounded FIFO of records; :meth:`add` never blocks and drops when full."""
+
+    def __init__(self, capacity: int, metrics: Metrics | None = None) -> None:
+        self.capacity = capacity
+        self.metrics = metrics
+        self._records: deque[dict[str, Any]] = deque()
+        self.dropped = 0
+        """Records dropped because the buffer was full (this process)."""
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def add(self, record: dict[str, Any]) -> bool:
+        """Keep ``record``; False (and counted) when the buffer is full."""
+        if len(self._records) >= self.capacity:
+            self.dropped += 1
+            if self.metrics is not None:
+                self.metrics.increment(DROPPED)
+            return False
+        self._records.append(record)
+        return True
+
+    def take(self, count: int) -> list[dict[str, Any]]:
+        """Remove and answer up to ``count`` of the oldest records."""
+        records = self._records
+        taken = min(count, len(records))
+        return [records.popleft() for _ in range(taken)]
+
+
+Enqueue = Callable[[dict[str, Any]], Awaitable[Any]]
+Backlog = Callable[[], Awaitable[int]]
+
+
+class RequestMetricsRecorder:
+    """The buffer and the flusher task moving its records to the job queue.
+
+    Args:
+        settings: ``observability.request_metrics``.
+        metrics: where drops are counted.
+        enqueue: enqueues one store job with the given payload.
+        backlog: how many store jobs wait in the queue now.
+    """
+
+    def __init__(
+        self,
+        settings: RequestMetricsSettings,
+        metrics: Metrics | None,
+        *,
+        enqueue: Enqueue,
+        backlog: Backlog,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.buffer = RequestMetricsBuffer(settings.buffer_size, metrics)
+        self._enqueue = enqueue
+        self._backlog = backlog
+        self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+        self.batches_queued = 0
+        self.batches_dropped = 0
+        if metrics is not None:
+            metrics.describe(DROPPED, "Request records dropped because the buffer was full.")
+            metrics.describe(BATCHES_DROPPED, "Request record batches dropped (queue backlog).")
+            metrics.describe(BATCHES_QUEUED, "Request record batches handed to the job queue.")
+            metrics.describe(BUFFERED, "Request records waiting in this process's buffer.")
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def start(self) -> None:
+        """Start the flusher task (in the running event loop)."""
+        if self.running:
+            return
+        self._stop = asyncio.Event()
+        self._task = asyncio.create_task(self._run(), name="request-metrics-flusher")
+
+    async def stop(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109 - bounded shutdown
+        """Stop the flusher, then flush what is left (for at most ``timeout`` seconds)."""
+        task, self._task = self._task, None
+        self._stop.set()
+        if task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self.flush()
+
+    async def _run(self) -> None:
+        interval = self.settings.flush_interval_seconds
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await self._stop.wait()
+            if self._stop.is_set():
+                return
+            try:
+                await self.flush()
+            except Exception as exc:
+                _log.warning("request metrics: flush failed", error=repr(exc))
+
+    async def flush(self) -> int:
+        """Enqueue every buffered record now, in batches; answer how many batches went."""
+        buffer = self.buffer
+        if self.metrics is not None:
+            self.metrics.gauge(BUFFERED, len(buffer))
+        if not len(buffer):
+            return 0
+        try:
+            waiting = await self._backlog()
+        except Exception as exc:
+            _log.warning("request metrics: queue status failed", error=repr(exc))
+            waiting = 0
+        sent = 0
+        settings = self.settings
+        while len(buffer):
+            batch = buffer.take(settings.batch_size)
+            if waiting >= settings.max_queued_batches:
+                self._drop_batch(len(batch), "queue backlog")
+                continue
+            payload = {"records": batch, "retention_days": settings.retention_days}
+            try:
+                await self._enqueue(payload)
+            except Exception as exc:
+                self._drop_batch(len(batch), repr(exc))
+                continue
+            waiting += 1
+            sent += 1
+            self.batches_queued += 1
+            if self.metrics is not None:
+                self.metrics.increment(BATCHES_QUEUED)
+        return sent
+
+    def _drop_batch(self, size: int, reason: str) -> None:
+        self.batches_dropped += 1
+        if self.metrics is not None:
+            self.metrics.increment(BATCHES_DROPPED)
+        _log.warning("request metrics: batch dropped", records=size, reason=reason)
+
+
+RouteOf = Callable[["Scope"], str]
+RecorderOf = Callable[["Scope"], RequestMetricsRecorder]
+
+
+class RequestMetricsMiddleware:
+    """Capture one record per HTTP request into the app kernel's recorder.
+
+    Args:
+        app: the next ASGI app.
+        recorder_of: finds the recorder for a request's scope (the app's kernel's).
+        route_of: the matched route's template for a scope.
+        exclude_paths: paths not recorded (that path or anything below it).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        recorder_of: RecorderOf,
+        route_of: RouteOf,
+        exclude_paths: tuple[str, ...] = (),
+    ) -> None:
+        self.app = app
+        self.recorder_of = recorder_of
+        self.route_of = route_of
+        self.exact = frozenset(p.rstrip("/") or "/" for p in exclude_paths)
+        self.prefixes = tuple((p.rstrip("/") + "/") for p in exclude_paths if p.rstrip("/"))
+
+    def excluded(self, path: str) -> bool:
+        return path in self.exact or path.startswith(self.prefixes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.excluded(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        stamp = time.time()
+        status = 500
+        error_body: bytearray | None = None
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status, error_body
+            kind = message["type"]
+            if kind == "http.response.start":
+                status = message["status"]
+                if status >= 400:
+                    for key, value in message.get("headers", ()):
+                        if key.lower() == b"content-type" and b"json" in value.lower():
+                            error_body = bytearray()
+                            break
+            elif kind == "http.response.body" and error_body is not None:
+                room = _MAX_ERROR_BODY - len(error_body)
+                if room > 0:
+                    error_body += message.get("body", b"")[:room]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            latency_ms = (time.perf_counter() - started) * 1000.0
+            try:
+                self._record(scope, stamp, status, latency_ms, error_body)
+            except Exception as exc:
+                _log.warning("request metrics: capture failed", error=repr(exc))
+
+    def _record(
+        self,
+        scope: Scope,
+        stamp: float,
+        status: int,
+        latency_ms: float,
+        error_body: bytearray | None,
+    ) -> None:
+        recorder = self.recorder_of(scope)
+        state = scope.get("state") or {}
+        user = state.get("app_kernel_user")
+        user_id = getattr(user, "id", None) if user else None
+        workspace = (scope.get("path_params") or {}).get("workspace_id")
+        country = _header(scope, b"cf-ipcountry")
+        if country is not None:
+            country = country.strip().upper()
+            if len(country) != 2 or not country.isalpha() or not country.isascii():
+                country = None
+        moment = datetime.fromtimestamp(stamp, UTC)
+        record = {
+            "timestamp": stamp,
+            "year": moment.year,
+            "month": moment.month,
+            "day": moment.day,
+            "hour": moment.hour,
+            "method": str(scope["method"])[:16],
+            "path": str(scope["path"])[:_MAX_PATH],
+            "route": self.route_of(scope)[:_MAX_TEXT],
+            "query_params": capture_query_params(scope.get("query_string", b"")),
+            "request_id": _cut(state.get("request_id"), _MAX_ID),
+            "status_code": status,
+            "error": _error_detail(status, bytes(error_body or b"")) if status >= 400 else None,
+            "latency_ms": round(latency_ms, 3),
+            "client_ip": _cut(state.get("client_ip"), 64),
+            "user_agent": _cut(_header(scope, b"user-agent"), _MAX_TEXT),
+            "referer": _cut(_header(scope, b"referer"), _MAX_TEXT),
+            "user_id": _cut(None if user_id is None else str(user_id), _MAX_ID),
+            "workspace_id": _cut(None if workspace is None else str(workspace), _MAX_ID),
+            "country": country,
+        }
+        recorder.buffer.add(record)

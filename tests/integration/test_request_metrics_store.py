@@ -1,0 +1,317 @@
+"""RequestMetricsStore on SQLite and PostgreSQL, and the batch writer through a real worker."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from app_kernel import init_app_kernel
+from app_kernel.db.engine import Database
+from app_kernel.jobs import WorkerManager
+from app_kernel.kernel import Kernel
+from app_kernel.observability import RequestMetricsStore, request_metrics_store
+from app_kernel.observability.request_metrics import RequestMetricsRecorder
+from app_kernel.settings import (
+    JobSettings,
+    KernelSettings,
+    ObservabilitySettings,
+    RequestMetricsSettings,
+)
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+def record(
+    path: str,
+    route: str,
+    latency_ms: float,
+    status: int = 200,
+    *,
+    method: str = "GET",
+    ago: timedelta = timedelta(minutes=5),
+    **fields: Any,
+) -> dict[str, Any]:
+    stamp = NOW - ago
+    values: dict[str, Any] = {
+        "timestamp": stamp.timestamp(),
+        "method": method,
+        "path": path,
+        "route": route,
+        "query_params": None,
+        "request_id": None,
+        "status_code": status,
+        "error": None if status < 400 else "failed",
+        "latency_ms": latency_ms,
+        "client_ip": "203.0.113.1",
+        "user_agent": "ua",
+        "referer": None,
+        "user_id": None,
+        "workspace_id": None,
+        "country": None,
+    }
+    values.update(fields)
+    return values
+
+
+DATA = [
+    record("/api/a/1", "/api/a/{id}", 10, ago=timedelta(minutes=7), user_id="u1"),
+    record("/api/a/2", "/api/a/{id}", 20, ago=timedelta(minutes=6), workspace_id="w1"),
+    record("/api/a/3", "/api/a/{id}", 30, ago=timedelta(minutes=5)),
+    record("/api/a/4", "/api/a/{id}", 40, ago=timedelta(minutes=4), query_params={"q": "x"}),
+    record("/api/b", "/api/b", 100, 500, method="POST", ago=timedelta(minutes=3)),
+    record("/api/b", "/api/b", 200, 500, method="POST", ago=timedelta(minutes=2)),
+    record("/api/c_1", "/api/c_1", 1500, 404, ago=timedelta(minutes=1)),
+    record("/api/a/old", "/api/a/{id}", 9999, ago=timedelta(hours=48)),
+]
+
+
+@pytest.fixture
+async def store(sql_database_url: str) -> AsyncIterator[RequestMetricsStore]:
+    database = Database(sql_database_url)
+    await database.open()
+    try:
+        store = RequestMetricsStore(database)
+        assert await store.insert_many(DATA) == len(DATA)
+        yield store
+    finally:
+        await database.close()
+
+
+async def test_recent_is_newest_first_with_every_field(store: RequestMetricsStore) -> None:
+    rows = await store.get_recent()
+    assert [r["path"] for r in rows] == [
+        "/api/c_1",
+        "/api/b",
+        "/api/b",
+        "/api/a/4",
+        "/api/a/3",
+        "/api/a/2",
+        "/api/a/1",
+        "/api/a/old",
+    ]
+    newest = rows[0]
+    assert newest["status_code"] == 404
+    assert newest["latency_ms"] == 1500
+    assert newest["timestamp"] == (NOW - timedelta(minutes=1)).isoformat()
+    stamp = NOW - timedelta(minutes=1)
+    assert (newest["year"], newest["month"], newest["day"], newest["hour"]) == (
+        stamp.year,
+        stamp.month,
+        stamp.day,
+        stamp.hour,
+    )
+    assert rows[3]["query_params"] == {"q": "x"}
+
+
+async def test_recent_filters(store: RequestMetricsStore) -> None:
+    async def paths(**filters: Any) -> list[str]:
+        return [r["path"] for r in await store.get_recent(**filters)]
+
+    assert await paths(path_prefix="/api/b") == ["/api/b", "/api/b"]
+    # LIKE wildcards in the prefix are literal.
+    assert await paths(path_prefix="/api/c_") == ["/api/c_1"]
+    assert await paths(path_prefix="/api/c%") == []
+    assert await paths(min_latency_ms=1000) == ["/api/c_1", "/api/a/old"]
+    assert await paths(status_min=400) == ["/api/c_1", "/api/b", "/api/b"]
+    assert await paths(status_min=400, status_max=499) == ["/api/c_1"]
+    assert await paths(method="POST", limit=1) == ["/api/b"]
+    assert await paths(route="/api/a/{id}", limit=2, offset=1) == ["/api/a/3", "/api/a/2"]
+    assert await paths(user_id="u1") == ["/api/a/1"]
+    assert await paths(workspace_id="w1") == ["/api/a/2"]
+    assert await paths(since=NOW - timedelta(minutes=2, seconds=30)) == ["/api/c_1", "/api/b"]
+    assert await paths(until=NOW - timedelta(hours=1)) == ["/api/a/old"]
+
+
+async def test_stats_on_a_known_data_set(store: RequestMetricsStore) -> None:
+    stats = await store.get_stats(hours=24)
+
+    assert stats["total_requests"] == 7
+    assert stats["error_count"] == 3
+    assert stats["error_rate"] == pytest.approx(3 / 7, abs=1e-6)
+    assert stats["avg_latency_ms"] == pytest.approx(1900 / 7, abs=1e-3)
+    # percentile_cont over [10, 20, 30, 40, 100, 200, 1500]
+    assert stats["p50_latency_ms"] == pytest.approx(40)
+    assert stats["p95_latency_ms"] == pytest.approx(1110)
+    assert stats["p99_latency_ms"] == pytest.approx(1422)
+    assert [(e["method"], e["route"]) for e in stats["slow_endpoints"]] == [
+        ("GET", "/api/c_1"),
+        ("POST", "/api/b"),
+        ("GET", "/api/a/{id}"),
+    ]
+    assert stats["slow_endpoints"][1] == {
+        "method": "POST",
+        "route": "/api/b",
+        "count": 2,
+        "avg_latency_ms": 150.0,
+        "max_latency_ms": 200.0,
+        "error_count": 2,
+    }
+    assert [(e["route"], e["error_count"]) for e in stats["error_endpoints"]] == [
+        ("/api/b", 2),
+        ("/api/c_1", 1),
+    ]
+
+
+async def test_stats_by_walking_the_latency_index_match(
+    store: RequestMetricsStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Large windows on PostgreSQL take the index walk SQLite always takes."""
+    monkeypatch.setattr(request_metrics_store, "PERCENTILE_CONT_MAX_ROWS", 0)
+    stats = await store.get_stats(hours=24)
+    assert stats["p50_latency_ms"] == pytest.approx(40)
+    assert stats["p95_latency_ms"] == pytest.approx(1110)
+    assert stats["p99_latency_ms"] == pytest.approx(1422)
+
+
+async def test_stats_of_an_empty_window(store: RequestMetricsStore) -> None:
+    stats = await store.get_stats(hours=0.001)
+    assert stats["total_requests"] == 0
+    assert stats["error_rate"] == 0.0
+    assert stats["avg_latency_ms"] is None
+    assert stats["p50_latency_ms"] is None
+    assert stats["slow_endpoints"] == []
+
+
+async def test_prune_deletes_old_records(store: RequestMetricsStore) -> None:
+    assert await store.prune(1) == 1
+    assert len(await store.get_recent()) == 7
+    assert await store.prune(1) == 0
+
+
+# --- the batch writer through a real worker ---------------------------------------------
+
+
+FAST_JOBS = JobSettings(
+    lease_seconds=1.0,
+    heartbeat_seconds=0.3,
+    reap_interval_seconds=0.3,
+    shutdown_grace_seconds=2.0,
+    worker_count=2,
+)
+
+
+def worker_app(tmp_path: Path, database_url: str, **request_metrics: Any) -> FastAPI:
+    values: dict[str, Any] = {"enabled": True, "flush_interval_seconds": 0.05, "batch_size": 3}
+    values.update(request_metrics)
+    settings = KernelSettings(
+        debug=True,
+        data_dir=str(tmp_path),
+        database_url=database_url,
+        jobs=FAST_JOBS,
+        observability=ObservabilitySettings(request_metrics=RequestMetricsSettings(**values)),
+    )
+    app = FastAPI()
+
+    @app.get("/items/{item_id}")
+    async def item(item_id: int) -> dict[str, int]:
+        return {"id": item_id}
+
+    init_app_kernel(app, settings)
+    return app
+
+
+@pytest.fixture
+def app(tmp_path: Path, sql_database_url: str) -> FastAPI:
+    return worker_app(tmp_path, sql_database_url)
+
+
+def stored_form(captured: dict[str, Any]) -> dict[str, Any]:
+    expected = dict(captured)
+    expected["timestamp"] = datetime.fromtimestamp(captured["timestamp"], UTC).isoformat()
+    return expected
+
+
+async def test_a_worker_stores_exactly_what_was_captured(
+    app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with app.router.lifespan_context(app):
+        kernel: Kernel = app.state.app_kernel
+        captured: list[dict[str, Any]] = []
+        buffer = kernel.request_metrics.buffer
+        add = buffer.add
+
+        def keep(record: dict[str, Any]) -> bool:
+            captured.append(dict(record))
+            return add(record)
+
+        monkeypatch.setattr(buffer, "add", keep)
+        manager = WorkerManager(kernel, handle_signals=False)
+        task = asyncio.create_task(manager.start())
+        try:
+            transport = httpx.ASGITransport(app=app, client=("198.51.100.3", 1000))
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+                for n in range(8):
+                    await http.get(f"/items/{n}", params={"n": n, "token": "t"})
+                await http.get("/items/x")
+            store = RequestMetricsStore(kernel.database)
+            deadline = time.monotonic() + 15
+            rows: list[dict[str, Any]] = []
+            while time.monotonic() < deadline:
+                rows = await store.get_recent(limit=50)
+                if len(rows) >= 9:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            await manager.stop()
+            await task
+
+    assert len(captured) == 9
+    stored = sorted(
+        ({k: v for k, v in row.items() if k != "id"} for row in rows),
+        key=lambda r: (r["timestamp"], r["path"]),
+    )
+    expected = sorted((stored_form(c) for c in captured), key=lambda r: (r["timestamp"], r["path"]))
+    assert stored == expected
+    assert expected[0]["query_params"] == {"n": "0", "token": "[redacted]"}
+    assert {r["status_code"] for r in stored} == {200, 422}
+    assert kernel.request_metrics.batches_queued >= 3
+
+
+async def test_without_a_worker_queued_batches_are_bounded(tmp_path: Path) -> None:
+    app = await asyncio.to_thread(
+        worker_app,
+        tmp_path,
+        f"sqlite+aiosqlite:///{tmp_path / 'app.db'}",
+        flush_interval_seconds=3600.0,
+        batch_size=2,
+        max_queued_batches=2,
+    )
+    async with app.router.lifespan_context(app):
+        kernel = app.state.app_kernel
+        recorder: RequestMetricsRecorder = kernel.request_metrics
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            for n in range(10):
+                await http.get(f"/items/{n}")
+        assert await recorder.flush() == 2
+        assert recorder.batches_dropped == 3
+        assert len(recorder.buffer) == 0
+        status = await kernel.jobs.get_queue_status()
+        assert status["queues"]["low"] == 2
+        exposition, _ = kernel.metrics.render()
+    assert "request_metrics_batches_dropped_total 3.0" in exposition.decode()
+
+
+async def test_a_failing_queue_drops_the_batch_and_keeps_going() -> None:
+    async def enqueue(payload: dict[str, Any]) -> None:
+        raise ConnectionError("queue down")
+
+    async def backlog() -> int:
+        raise ConnectionError("queue down")
+
+    recorder = RequestMetricsRecorder(
+        RequestMetricsSettings(enabled=True, batch_size=2), None, enqueue=enqueue, backlog=backlog
+    )
+    for n in range(5):
+        recorder.buffer.add({"n": n})
+    assert await recorder.flush() == 0
+    assert recorder.batches_dropped == 3
+    assert len(recorder.buffer) == 0
