@@ -25,13 +25,11 @@ from app_kernel.auth.passwords import OWASP_MEMORY_KIB, OWASP_TIME_COST, Passwor
 from app_kernel.auth.service import AuthService
 from app_kernel.auth.sql_store import SqlUserStore
 from app_kernel.auth.state.base import AuthStateBackend
-from app_kernel.auth.state.redis import RedisAuthState
 from app_kernel.auth.state.sqlite import SqliteAuthState
 from app_kernel.auth.tokens import TokenCodec
 from app_kernel.db.engine import Database
 from app_kernel.errors import SettingsError
 from app_kernel.jobs.backends.base import JobQueue
-from app_kernel.jobs.backends.redis import RedisJobQueue
 from app_kernel.jobs.backends.sqlite import SqliteJobQueue
 from app_kernel.jobs.client import JobClient
 from app_kernel.jobs.registry import kernel_tasks
@@ -48,15 +46,12 @@ from app_kernel.observability.request_metrics_store import (
     unbind_database,
 )
 from app_kernel.reliability.backends.idempotency_base import IdempotencyBackend
-from app_kernel.reliability.backends.redis_idempotency import RedisIdempotency
-from app_kernel.reliability.backends.redis_ratelimit import RedisRateLimitBackend
 from app_kernel.reliability.backends.sqlite_idempotency import SqliteIdempotency
 from app_kernel.reliability.backends.sqlite_ratelimit import SqliteRateLimitBackend
 from app_kernel.reliability.idempotency import Idempotency
 from app_kernel.reliability.ratelimit import RateLimiter
 from app_kernel.settings import KernelSettings
 from app_kernel.streaming.backends.base import LeaseBackend
-from app_kernel.streaming.backends.redis import RedisLeaseBackend
 from app_kernel.streaming.backends.sqlite import SqliteLeaseBackend
 from app_kernel.streaming.leases import StreamLeaseLimiter
 from app_kernel.types import HealthCheck
@@ -133,7 +128,15 @@ class Kernel:
         auth_state: AuthStateBackend
         lease_backend: LeaseBackend
         if settings.redis.url:
+            # First: without the optional ``redis`` extra this raises an error
+            # naming it. The Redis backends are imported here for the same reason.
             self.redis = create_redis_client(settings.redis)
+            from app_kernel.auth.state.redis import RedisAuthState
+            from app_kernel.jobs.backends.redis import RedisJobQueue
+            from app_kernel.reliability.backends.redis_idempotency import RedisIdempotency
+            from app_kernel.reliability.backends.redis_ratelimit import RedisRateLimitBackend
+            from app_kernel.streaming.backends.redis import RedisLeaseBackend
+
             self.redis_keys = RedisKeys(settings.redis.key_prefix)
             auth_state = RedisAuthState(self.redis, self.redis_keys)
             self.rate_limiter = RateLimiter(

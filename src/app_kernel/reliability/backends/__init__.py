@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 # --- rate limiting -------------------------------------------------------------------------
 from app_kernel.reliability.backends.base import (
     Limit,
@@ -9,7 +11,6 @@ from app_kernel.reliability.backends.base import (
     RateLimitBackend,
     RateLimitResult,
 )
-from app_kernel.reliability.backends.redis_ratelimit import RedisRateLimitBackend
 from app_kernel.reliability.backends.sqlite_ratelimit import SqliteRateLimitBackend
 
 # --- end rate limiting
@@ -21,8 +22,11 @@ from app_kernel.reliability.backends.idempotency_base import (
     ClaimState,
     IdempotencyBackend,
 )
-from app_kernel.reliability.backends.redis_idempotency import RedisIdempotency
 from app_kernel.reliability.backends.sqlite_idempotency import SqliteIdempotency
+
+if TYPE_CHECKING:
+    from app_kernel.reliability.backends.redis_idempotency import RedisIdempotency
+    from app_kernel.reliability.backends.redis_ratelimit import RedisRateLimitBackend
 
 __all__ = (
     # --- rate limiting
@@ -41,3 +45,19 @@ __all__ = (
     "SqliteIdempotency",
     # --- end idempotency
 )
+
+# The Redis backends need the optional ``redis`` extra: load them on first use only.
+_REDIS_BACKENDS = {
+    "RedisIdempotency": "app_kernel.reliability.backends.redis_idempotency",
+    "RedisRateLimitBackend": "app_kernel.reliability.backends.redis_ratelimit",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _REDIS_BACKENDS.get(name)
+    if module is None:
+        msg = f"module {__name__!r} has no attribute {name!r}"
+        raise AttributeError(msg)
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
