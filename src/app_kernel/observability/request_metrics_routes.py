@@ -8,6 +8,7 @@ below the Prometheus ``/metrics`` route on paths of their own, so both work.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -25,6 +26,30 @@ Limit = Annotated[int, Query(ge=1, le=MAX_QUERY_LIMIT)]
 Offset = Annotated[int, Query(ge=0)]
 Status = Annotated[int | None, Query(ge=100, le=599)]
 Latency = Annotated[float | None, Query(ge=0)]
+
+
+@dataclass(frozen=True, slots=True)
+class _Filters:
+    """The filters every list route takes, declared once (FastAPI reads them as query
+    parameters of the same names)."""
+
+    path_prefix: str | None = None
+    method: str | None = None
+    route: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def as_kwargs(self) -> dict[str, Any]:
+        return {
+            "path_prefix": self.path_prefix,
+            "method": self.method,
+            "route": self.route,
+            "since": self.since,
+            "until": self.until,
+        }
+
+
+Filters = Annotated[_Filters, Depends()]
 
 
 def request_metrics_router(path: str, admin_dependency: Callable[..., Any]) -> APIRouter:
@@ -74,16 +99,12 @@ def request_metrics_router(path: str, admin_dependency: Callable[..., Any]) -> A
     async def list_request_metrics(
         request: Request,
         response: Response,
-        path_prefix: str | None = None,
-        method: str | None = None,
-        route: str | None = None,
+        filters: Filters,
         status_min: Status = None,
         status_max: Status = None,
         min_latency_ms: Latency = None,
         user_id: str | None = None,
         workspace_id: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
         limit: Limit = 100,
         offset: Offset = 0,
     ) -> dict[str, Any]:
@@ -93,16 +114,12 @@ def request_metrics_router(path: str, admin_dependency: Callable[..., Any]) -> A
             response,
             limit,
             offset,
-            path_prefix=path_prefix,
-            method=method,
-            route=route,
             status_min=status_min,
             status_max=status_max,
             min_latency_ms=min_latency_ms,
             user_id=user_id,
             workspace_id=workspace_id,
-            since=since,
-            until=until,
+            **filters.as_kwargs(),
         )
 
     @router.get(f"{path}/stats")
@@ -119,12 +136,8 @@ def request_metrics_router(path: str, admin_dependency: Callable[..., Any]) -> A
     async def slow_requests(
         request: Request,
         response: Response,
+        filters: Filters,
         min_latency_ms: Annotated[float, Query(ge=0)] = SLOW_REQUEST_MS,
-        path_prefix: str | None = None,
-        method: str | None = None,
-        route: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
         limit: Limit = 100,
         offset: Offset = 0,
     ) -> dict[str, Any]:
@@ -135,24 +148,16 @@ def request_metrics_router(path: str, admin_dependency: Callable[..., Any]) -> A
             limit,
             offset,
             min_latency_ms=min_latency_ms,
-            path_prefix=path_prefix,
-            method=method,
-            route=route,
-            since=since,
-            until=until,
+            **filters.as_kwargs(),
         )
 
     @router.get(f"{path}/errors")
     async def error_requests(
         request: Request,
         response: Response,
+        filters: Filters,
         status_min: Annotated[int, Query(ge=400, le=599)] = 400,
         status_max: Status = None,
-        path_prefix: str | None = None,
-        method: str | None = None,
-        route: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
         limit: Limit = 100,
         offset: Offset = 0,
     ) -> dict[str, Any]:
@@ -164,11 +169,7 @@ def request_metrics_router(path: str, admin_dependency: Callable[..., Any]) -> A
             offset,
             status_min=status_min,
             status_max=status_max,
-            path_prefix=path_prefix,
-            method=method,
-            route=route,
-            since=since,
-            until=until,
+            **filters.as_kwargs(),
         )
 
     return router
