@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from app_kernel.auth import tokens
 from app_kernel.auth.models import TokenPayload, UserIdentity
+from app_kernel.auth.token_cache import VerifiedTokenCache
 from app_kernel.auth.tokens import (
     InvalidTokenError,
     TokenCodec,
@@ -840,3 +841,52 @@ class TestKeys:
         ):
             with pytest.raises(ValueError, match="must"):
                 TokenCodec(keys, **(good | change))
+
+
+class TestVerifiedTokenCache:
+    """A verified access token is answered from memory until it expires, never longer."""
+
+    def test_second_decode_skips_verification(
+        self, codec: TokenCodec, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        token = codec.encode_access(USER)
+        first = codec.decode(token)
+        calls: list[str] = []
+        real = jwt.decode
+        monkeypatch.setattr(jwt, "decode", lambda *a, **k: calls.append("x") or real(*a, **k))
+        assert codec.decode(token) == first
+        assert calls == []
+
+    def test_cached_token_expires_on_time(
+        self, codec: TokenCodec, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        token = codec.encode_access(USER)
+        expires = codec.decode(token).exp
+        # One second past exp plus the 10 s leeway: a fresh decode would refuse it.
+        monkeypatch.setattr(tokens.time, "time", lambda: expires + 11.0)
+        assert refused(codec, token) == "token expired"
+
+    def test_altered_token_is_verified_afresh(self, codec: TokenCodec) -> None:
+        token = codec.encode_access(USER)
+        codec.decode(token)
+        head, body, signature = token.split(".")
+        flipped = signature[:-2] + ("A" if signature[-2] != "A" else "B") + signature[-1]
+        assert refused(codec, f"{head}.{body}.{flipped}") in {"bad signature", "malformed token"}
+
+    def test_refresh_tokens_are_not_cached(self, codec: TokenCodec) -> None:
+        token, _ = codec.encode_refresh(USER, family_id="fam-1")
+        codec.decode(token, expected_type="refresh")
+        assert len(codec._verified) == 0
+        # And a cached access token never answers for the refresh kind.
+        access = codec.encode_access(USER)
+        codec.decode(access)
+        assert refused(codec, access, expected_type="refresh") == "wrong token type"
+
+    def test_cache_is_bounded(self) -> None:
+        cache = VerifiedTokenCache(max_entries=3)
+        payload = make_codec().decode(make_codec().encode_access(USER))
+        for n in range(10):
+            cache.put(f"token-{n}", payload)
+        assert len(cache) == 3
+        assert cache.get("token-0", time.time()) is None
+        assert cache.get("token-9", time.time()) == payload

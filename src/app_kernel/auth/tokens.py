@@ -36,6 +36,7 @@ from jwt.algorithms import HMACAlgorithm
 from pydantic import ValidationError
 
 from app_kernel.auth.models import TokenPayload, UserIdentity
+from app_kernel.auth.token_cache import VerifiedTokenCache
 from app_kernel.errors import KernelError, SettingsError
 
 if TYPE_CHECKING:
@@ -374,6 +375,8 @@ class TokenCodec:
         self.max_token_bytes = max_token_bytes
         self.access_ttl = access_ttl
         self.refresh_ttl = refresh_ttl
+        # Access tokens come back on every request until they expire: verify each once.
+        self._verified = VerifiedTokenCache(leeway_seconds=leeway_seconds)
 
     @classmethod
     def from_settings(cls, auth: AuthSettings, secret: str | None) -> TokenCodec:
@@ -496,7 +499,9 @@ class TokenCodec:
         In order: size cap; three base64url segments; the kernel's own header
         checks (pinned ``alg``, no ``crit``, ``kid`` from the in-memory map,
         header ``typ``); PyJWT's signature and registered-claim checks with
-        ``leeway_seconds``; then the ``typ`` claim and the claim types.
+        ``leeway_seconds``; then the ``typ`` claim and the claim types. An
+        access token that passed all of that before and has not expired is
+        answered from the :class:`VerifiedTokenCache` without the work.
 
         Args:
             token: the compact JWT.
@@ -519,6 +524,10 @@ class TokenCodec:
             raise InvalidTokenError(_TOO_LARGE)
         if not token.isascii():
             raise InvalidTokenError(_MALFORMED)
+        if expected_type == "access":
+            cached = self._verified.get(token, time.time())
+            if cached is not None:
+                return cached
         segments = token.split(".")
         if len(segments) != 3:
             raise InvalidTokenError(_MALFORMED)
@@ -535,7 +544,10 @@ class TokenCodec:
         payload = _parse_json_object(_b64url_decode(payload_segment))
         if payload != claims:
             raise InvalidTokenError(_MALFORMED)
-        return self._payload(payload, expected_type, kid)
+        verified = self._payload(payload, expected_type, kid)
+        if expected_type == "access":
+            self._verified.put(token, verified)
+        return verified
 
     def _check_header(self, header: Mapping[str, Any], expected_type: TokenType) -> str | None:
         if header.get("alg") != self.keys.algorithm:
