@@ -7,8 +7,10 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi import FastAPI
+from starlette.middleware import Middleware
 
 from app_kernel import BackendUnavailable, KernelSettings, init_app_kernel
+from app_kernel.types import ASGIApp, Receive, Scope, Send
 
 
 @pytest.fixture
@@ -37,4 +39,47 @@ async def test_backend_unavailable_is_a_503_problem(app: FastAPI) -> None:
     body = response.json()
     assert body["status"] == 503
     assert body["request_id"] == response.headers["x-request-id"]
+    assert "10.0.0.7" not in response.text
+
+
+class _FailingBackend:
+    """A middleware whose backend call fails, the way a Redis-backed one would."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            msg = "redis at 10.0.0.7:6379: Too many connections"
+            raise BackendUnavailable(msg)
+        await self.app(scope, receive, send)
+
+
+@pytest.fixture
+def app_failing_in_middleware(tmp_path: Path) -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/ok")
+    async def ok() -> dict[str, str]:
+        return {"ok": "yes"}
+
+    init_app_kernel(app, KernelSettings(debug=True, data_dir=str(tmp_path)))
+    # Innermost: inside the kernel's error middleware, above FastAPI's handlers.
+    app.user_middleware.append(Middleware(_FailingBackend))
+    return app
+
+
+async def test_backend_failure_in_a_middleware_is_a_503_problem(
+    app_failing_in_middleware: FastAPI,
+) -> None:
+    app = app_failing_in_middleware
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            response = await client.get("/ok")
+
+    assert response.status_code == 503
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.headers["retry-after"] == "1"
+    assert response.json()["request_id"] == response.headers["x-request-id"]
     assert "10.0.0.7" not in response.text

@@ -1,10 +1,11 @@
-"""Turn exceptions nobody handled into a logged 500 problem."""
+"""Turn exceptions nobody handled into a logged 500 problem (503 for a failed backend)."""
 
 from __future__ import annotations
 
+from app_kernel.errors import BackendUnavailable
 from app_kernel.observability.logging import get_logger
 from app_kernel.types import ASGIApp, Message, Receive, Scope, Send
-from app_kernel.web.problems import problem_response
+from app_kernel.web.problems import backend_unavailable_response, problem_response
 
 __all__ = ("UnhandledErrorMiddleware",)
 
@@ -18,6 +19,10 @@ class UnhandledErrorMiddleware:
     type and text. If the response had already started, the exception is
     re-raised so the server aborts the connection rather than pretending the
     truncated response was complete.
+
+    A :class:`~app_kernel.errors.BackendUnavailable` raised outside the
+    routes (by a middleware asking Redis, say) is answered 503 with
+    ``Retry-After``, as the routes' own handler answers it.
     """
 
     def __init__(self, app: ASGIApp, *, debug: bool = False) -> None:
@@ -38,6 +43,11 @@ class UnhandledErrorMiddleware:
 
         try:
             await self.app(scope, receive, tracking_send)
+        except BackendUnavailable as exc:
+            if started:
+                raise
+            _log.warning("backend unavailable", error=str(exc), path=scope.get("path"))
+            await backend_unavailable_response(scope)(scope, receive, send)
         except Exception as exc:
             _log.exception("unhandled exception", path=scope.get("path"))
             if started:

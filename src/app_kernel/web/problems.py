@@ -22,6 +22,7 @@ __all__ = (
     "PROBLEM_CONTENT_TYPE",
     "ProblemResponse",
     "backend_unavailable_handler",
+    "backend_unavailable_response",
     "http_exception_handler",
     "problem_response",
     "validation_exception_handler",
@@ -97,8 +98,13 @@ async def backend_unavailable_handler(request: Request, exc: Exception) -> Respo
     ``BackendUnavailable``; the cause is logged, never sent to the client.
     """
     _log.warning("backend unavailable", error=str(exc), path=request.url.path)
+    return backend_unavailable_response(request.scope)
+
+
+def backend_unavailable_response(scope: Scope) -> Response:
+    """The 503 problem for a failed backend (the cause stays in the log)."""
     return problem_response(
-        request.scope,
+        scope,
         503,
         detail="A backend the service depends on is unavailable; try again shortly.",
         headers={"Retry-After": "1"},
