@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any
 
-from app_kernel._redis.client import create_redis_client
+from app_kernel._redis.client import close_redis, create_redis_client
 from app_kernel._redis.keys import RedisKeys
 from app_kernel._runtime import clear_current
 from app_kernel._sqlite.store import SqliteStore
@@ -251,7 +251,7 @@ class Kernel:
                 await self.sqlite.open()
                 stack.push_async_callback(self.sqlite.close)
             if self.redis is not None:
-                stack.push_async_callback(self.redis.aclose)
+                stack.push_async_callback(close_redis, self.redis)
             stack.push_async_callback(self.auth.aclose)
             stack.push_async_callback(unbind_database, bind_database(self.database))
             if settings.observability.request_metrics.enabled:

@@ -10,13 +10,15 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from _redis_trips import count_redis_writes
+from app_kernel._redis.client import close_redis
 from app_kernel._redis.keys import RedisKeys
 from app_kernel._sqlite.store import SqliteStore
 from app_kernel.errors import BackendUnavailable
@@ -287,19 +289,10 @@ async def test_redis_keys_are_bounded_and_prefixed(redis_url: str, redis_key_pre
 
 
 async def test_redis_does_one_round_trip_per_operation(
-    redis_url: str, redis_key_prefix: str
+    redis_url: str, redis_key_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    class CountingConnection(redis.asyncio.Connection):
-        """Counts writes to the socket: one per command, or per pipeline."""
-
-        sent: ClassVar[list[bytes]] = []
-
-        async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-            packed = command if isinstance(command, bytes | str) else b"".join(command)
-            type(self).sent.append(packed if isinstance(packed, bytes) else packed.encode())
-            await super().send_packed_command(command, check_health)
-
-    client = redis.asyncio.Redis.from_url(redis_url, connection_class=CountingConnection)
+    sent = count_redis_writes(monkeypatch)
+    client = redis.asyncio.Redis.from_url(redis_url)
     backend = RedisIdempotency(client, RedisKeys(redis_key_prefix))
     key = _key()
     operations = {
@@ -316,14 +309,14 @@ async def test_redis_does_one_round_trip_per_operation(
             await backend.release(key, "t")
             await backend.claim(key, "fp", "t", 5) if name != "claim" else None
             for _ in range(3):
-                CountingConnection.sent.clear()
+                sent.clear()
                 await operation()
                 # Another test run may flush the shared server's scripts meanwhile.
-                if not any(b"SCRIPT" in sent for sent in CountingConnection.sent):
+                if not any(b"SCRIPT" in sent for sent in sent):
                     break
-            trips[name] = len(CountingConnection.sent)
+            trips[name] = len(sent)
     finally:
-        await client.aclose()
+        await close_redis(client)
 
     assert trips == dict.fromkeys(operations, 1)
 

@@ -12,13 +12,15 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from _redis_trips import count_redis_writes
+from app_kernel._redis.client import close_redis
 from app_kernel._redis.keys import RedisKeys
 from app_kernel._sqlite.store import SqliteStore
 from app_kernel.errors import BackendUnavailable
@@ -466,19 +468,10 @@ async def test_redis_key_disappears_when_its_leases_do(
 
 
 async def test_redis_does_one_round_trip_per_operation(
-    redis_url: str, redis_key_prefix: str
+    redis_url: str, redis_key_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    class CountingConnection(redis.asyncio.Connection):
-        """Counts writes to the socket: one per command, or per pipeline."""
-
-        sent: ClassVar[list[bytes]] = []
-
-        async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-            packed = command if isinstance(command, bytes | str) else b"".join(command)
-            type(self).sent.append(packed if isinstance(packed, bytes) else packed.encode())
-            await super().send_packed_command(command, check_health)
-
-    client = redis.asyncio.Redis.from_url(redis_url, connection_class=CountingConnection)
+    sent = count_redis_writes(monkeypatch)
+    client = redis.asyncio.Redis.from_url(redis_url)
     leases = _limiter(RedisLeaseBackend(client, RedisKeys(redis_key_prefix)))
     lease = "warm-up"
     operations: dict[str, Callable[[], Awaitable[Any]]] = {
@@ -494,16 +487,16 @@ async def test_redis_does_one_round_trip_per_operation(
         trips: dict[str, int] = {}
         for name, operation in operations.items():
             for _ in range(3):
-                CountingConnection.sent.clear()
+                sent.clear()
                 result = await operation()
                 if name == "acquire":
                     lease = result.lease_id
                 # Another test run may flush the shared server's scripts meanwhile.
-                if not any(b"SCRIPT" in sent for sent in CountingConnection.sent):
+                if not any(b"SCRIPT" in sent for sent in sent):
                     break
-            trips[name] = len(CountingConnection.sent)
+            trips[name] = len(sent)
     finally:
-        await client.aclose()
+        await close_redis(client)
 
     assert trips == dict.fromkeys(operations, 1)
 

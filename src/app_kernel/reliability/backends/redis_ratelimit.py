@@ -24,8 +24,10 @@ import os
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 
+from app_kernel._redis.client import multiplexer_of
+from app_kernel._redis.mux import LuaScript
 from app_kernel.errors import BackendUnavailable
 from app_kernel.reliability.backends.base import Limit, LimitState
 
@@ -38,7 +40,7 @@ __all__ = ("RedisRateLimitBackend",)
 
 _AREA = "ratelimit"
 # Read once at import, not on the event loop.
-_HIT = (
+_HIT = LuaScript(
     resources.files("app_kernel.reliability.backends")
     .joinpath("_redis_ratelimit_hit.lua")
     .read_text("utf-8")
@@ -49,14 +51,14 @@ class RedisRateLimitBackend:
     """:class:`~app_kernel.reliability.backends.base.RateLimitBackend` on Redis.
 
     Args:
-        redis: the kernel's ``redis.asyncio`` client.
+        redis: the kernel's ``redis.asyncio`` client; checks go through its
+            pipelined connection (:func:`~app_kernel._redis.client.multiplexer_of`).
         keys: builds every key under the kernel's prefix.
     """
 
     def __init__(self, redis: Redis, keys: RedisKeys) -> None:
-        self._redis = redis
+        self._mux = multiplexer_of(redis)
         self._keys = keys
-        self._sha: str | None = None
         # Log members only need to be unique per key: process token + counter.
         self._member_prefix = os.urandom(6).hex()
         self._seq = itertools.count()
@@ -64,17 +66,6 @@ class RedisRateLimitBackend:
     def _key(self, tag: str, limit: Limit, exact_threshold: int) -> str:
         mode = "z" if limit.is_exact(exact_threshold) else "c"
         return self._keys.key(_AREA, tag, mode, str(limit.window_ms))
-
-    async def _run(self, keys: list[str], args: list[Any]) -> Any:
-        sha = self._sha
-        if sha is None:
-            sha = self._sha = await self._redis.script_load(_HIT)
-        try:
-            return await self._redis.evalsha(sha, len(keys), *keys, *args)
-        except NoScriptError:
-            # The script cache was flushed (restart, SCRIPT FLUSH, failover): reload once.
-            self._sha = await self._redis.script_load(_HIT)
-            return await self._redis.evalsha(self._sha, len(keys), *keys, *args)
 
     async def _call(
         self, key: str, limits: tuple[Limit, ...], exact_threshold: int, *, record: bool
@@ -85,7 +76,8 @@ class RedisRateLimitBackend:
             mode = "z" if limit.is_exact(exact_threshold) else "c"
             args += [limit.requests, limit.window_ms, mode]
         try:
-            reply = await self._run(redis_keys, args)
+            # EVALSHA; after a flushed script cache, loads the script and retries once.
+            reply = await self._mux.evalsha(_HIT, redis_keys, args)
         except RedisError as exc:
             msg = f"Redis rate limit: {'hit' if record else 'peek'} failed: {exc}"
             raise BackendUnavailable(msg) from exc
@@ -121,7 +113,7 @@ class RedisRateLimitBackend:
         if not redis_keys:
             return
         try:
-            await self._redis.delete(*redis_keys)
+            await self._mux.execute("DEL", *redis_keys)
         except RedisError as exc:
             msg = f"Redis rate limit: reset failed: {exc}"
             raise BackendUnavailable(msg) from exc

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from app_kernel._redis.client import multiplexer_of
 from app_kernel._redis.lua import backend_errors, encode, read_lua, to_ms
+from app_kernel._redis.mux import LuaScript
 from app_kernel.streaming.backends.base import LeaseGrant, LeaseStatus
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
-    from redis.commands.core import AsyncScript
 
     from app_kernel._redis.keys import RedisKeys
 
@@ -31,33 +32,31 @@ _AREA = "lease"
 
 
 # Read once at import, not on the event loop.
-_ACQUIRE = read_lua("app_kernel.streaming.backends", "_redis_acquire.lua")
-_REFRESH = read_lua("app_kernel.streaming.backends", "_redis_refresh.lua")
-_STATUS = read_lua("app_kernel.streaming.backends", "_redis_status.lua")
+_ACQUIRE = LuaScript(read_lua("app_kernel.streaming.backends", "_redis_acquire.lua"))
+_REFRESH = LuaScript(read_lua("app_kernel.streaming.backends", "_redis_refresh.lua"))
+_STATUS = LuaScript(read_lua("app_kernel.streaming.backends", "_redis_status.lua"))
 
 
 class RedisLeaseBackend:
     """:class:`~app_kernel.streaming.backends.base.LeaseBackend` on Redis.
 
     Args:
-        redis: the kernel's ``redis.asyncio`` client.
+        redis: the kernel's ``redis.asyncio`` client; operations go through its
+            pipelined connection (:func:`~app_kernel._redis.client.multiplexer_of`).
         keys: builds every key under the kernel's prefix.
     """
 
     def __init__(self, redis: Redis, keys: RedisKeys) -> None:
-        self._redis = redis
+        self._mux = multiplexer_of(redis)
         self._keys = keys
-        self._acquire = redis.register_script(_ACQUIRE)
-        self._refresh = redis.register_script(_REFRESH)
-        self._status = redis.register_script(_STATUS)
 
     def key(self, user_id: str) -> str:
         """The sorted set holding ``user_id``'s leases."""
         return self._keys.key(_AREA, user_id, "streams")
 
-    async def _call(self, script: AsyncScript, user_id: str, *args: bytes | int) -> Any:
-        # AsyncScript sends EVALSHA, and on NOSCRIPT loads the script and retries once.
-        return await script(keys=[self.key(user_id)], args=args)
+    async def _call(self, script: LuaScript, user_id: str, *args: bytes | int) -> Any:
+        # EVALSHA, and on NOSCRIPT the script is loaded and the call retried once.
+        return await self._mux.evalsha(script, [self.key(user_id)], args)
 
     async def acquire(
         self, user_id: str, lease_id: str, limit: int, ttl_seconds: float
@@ -65,25 +64,23 @@ class RedisLeaseBackend:
         """Grant ``lease_id`` if the user holds fewer than ``limit`` live leases."""
         with backend_errors("Redis stream leases", "acquire"):
             granted, wait_ms = await self._call(
-                self._acquire, user_id, encode(lease_id), limit, to_ms(ttl_seconds)
+                _ACQUIRE, user_id, encode(lease_id), limit, to_ms(ttl_seconds)
             )
         return LeaseGrant(int(granted) == 1, max(0, int(wait_ms)) / 1000)
 
     async def release(self, user_id: str, lease_id: str) -> None:
         """Drop the lease; an unknown or expired lease is a no-op."""
         with backend_errors("Redis stream leases", "release"):
-            await self._redis.zrem(self.key(user_id), encode(lease_id))
+            await self._mux.execute("ZREM", self.key(user_id), encode(lease_id))
 
     async def refresh(self, user_id: str, lease_id: str, ttl_seconds: float) -> bool:
         """Move a live lease's deadline; False if it expired or is unknown."""
         with backend_errors("Redis stream leases", "refresh"):
-            refreshed = await self._call(
-                self._refresh, user_id, encode(lease_id), to_ms(ttl_seconds)
-            )
+            refreshed = await self._call(_REFRESH, user_id, encode(lease_id), to_ms(ttl_seconds))
         return int(refreshed) == 1
 
     async def status(self, user_id: str) -> LeaseStatus:
         """Count the user's live leases and the time until the oldest expires."""
         with backend_errors("Redis stream leases", "status"):
-            active, wait_ms = await self._call(self._status, user_id)
+            active, wait_ms = await self._call(_STATUS, user_id)
         return LeaseStatus(int(active), max(0, int(wait_ms)) / 1000)
