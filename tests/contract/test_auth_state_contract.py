@@ -12,13 +12,15 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from _redis_trips import count_redis_writes
+from app_kernel._redis.client import close_redis
 from app_kernel._redis.keys import RedisKeys
 from app_kernel._sqlite.store import SqliteStore
 from app_kernel.auth.state.base import AuthStateBackend, FailureCount, RotateOutcome
@@ -379,19 +381,10 @@ async def test_redis_keys_carry_the_prefix_and_one_hash_tag(
 
 
 async def test_redis_does_one_round_trip_per_operation(
-    redis_url: str, redis_key_prefix: str
+    redis_url: str, redis_key_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    class CountingConnection(redis.asyncio.Connection):
-        """Counts writes to the socket: one per command, or per pipeline."""
-
-        sent: ClassVar[list[bytes]] = []
-
-        async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-            packed = command if isinstance(command, bytes | str) else b"".join(command)
-            type(self).sent.append(packed if isinstance(packed, bytes) else packed.encode())
-            await super().send_packed_command(command, check_health)
-
-    client = redis.asyncio.Redis.from_url(redis_url, connection_class=CountingConnection)
+    sent = count_redis_writes(monkeypatch)
+    client = redis.asyncio.Redis.from_url(redis_url)
     state = RedisAuthState(client, RedisKeys(redis_key_prefix))
     family = _id()
     operations = {
@@ -413,14 +406,14 @@ async def test_redis_does_one_round_trip_per_operation(
         trips: dict[str, int] = {}
         for name, operation in operations.items():
             for _ in range(3):
-                CountingConnection.sent.clear()
+                sent.clear()
                 await operation()
                 # Another test run may flush the shared server's scripts meanwhile.
-                if not any(b"SCRIPT" in sent for sent in CountingConnection.sent):
+                if not any(b"SCRIPT" in command for command in sent):
                     break
-            trips[name] = len(CountingConnection.sent)
+            trips[name] = len(sent)
     finally:
-        await client.aclose()
+        await close_redis(client)
 
     assert trips == dict.fromkeys(operations, 1)
 
@@ -437,8 +430,12 @@ async def test_redis_errors_become_backend_unavailable(redis_key_prefix: str) ->
             await state.add_failure(["a", "b"], 60)
         with pytest.raises(BackendUnavailable):
             await state.now()
+        with pytest.raises(BackendUnavailable, match="user_state"):
+            await state.user_state("u")
+        with pytest.raises(BackendUnavailable, match="family_user"):
+            await state.family_user("f")
     finally:
-        await client.aclose()
+        await close_redis(client)
 
 
 # --- SQLite only -----------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import NoScriptError
 
+from app_kernel._redis.client import multiplexer_of
 from app_kernel._redis.lua import backend_errors, encode, read_lua, text, to_ms
 from app_kernel.auth.state.base import FailureCount, RotateOutcome, UserRevocation
 
@@ -60,6 +61,9 @@ class RedisAuthState:
 
     def __init__(self, redis: Redis, keys: RedisKeys) -> None:
         self._redis = redis
+        # The two reads made on authenticated requests (when the revocation
+        # cache misses) use the pipelined connection; the rest use the pool.
+        self._mux = multiplexer_of(redis)
         self._keys = keys
         self._start_family = redis.register_script(_START_FAMILY)
         self._rotate = redis.register_script(_ROTATE)
@@ -115,7 +119,7 @@ class RedisAuthState:
     async def family_user(self, family_id: str) -> str | None:
         """The user id of a live (not revoked, not expired) family, else None."""
         with backend_errors("Redis auth state", "family_user"):
-            reply = await self._redis.hmget(self._family_key(family_id), ["user", "revoked"])
+            reply = await self._mux.execute("HMGET", self._family_key(family_id), "user", "revoked")
         user, revoked = reply
         if user is None or revoked is None or text(revoked) == "1":
             return None
@@ -151,7 +155,9 @@ class RedisAuthState:
     async def user_state(self, user_id: str) -> UserRevocation:
         """The user's revocation state; the default when nothing is recorded."""
         with backend_errors("Redis auth state", "user_state"):
-            reply = await self._redis.hmget(self._user_key(user_id), ["valid_after", "disabled"])
+            reply = await self._mux.execute(
+                "HMGET", self._user_key(user_id), "valid_after", "disabled"
+            )
         valid_after, disabled = reply
         return UserRevocation(
             valid_after=None if valid_after is None else float(text(valid_after)),
