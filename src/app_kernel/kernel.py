@@ -19,7 +19,7 @@ from app_kernel._redis.keys import RedisKeys
 from app_kernel._runtime import clear_current
 from app_kernel._sqlite.store import SqliteStore
 from app_kernel.auth.apikeys import ApiKeyStore
-from app_kernel.auth.deps import get_optional_user
+from app_kernel.auth.deps import identify_request
 from app_kernel.auth.models import UserIdentity
 from app_kernel.auth.passwords import OWASP_MEMORY_KIB, OWASP_TIME_COST, PasswordHasher
 from app_kernel.auth.service import AuthService
@@ -210,7 +210,7 @@ class Kernel:
         Areas that must not import auth (rate limits keyed by user, idempotency
         scoped to the caller) reach the caller through this.
         """
-        return await get_optional_user(request)
+        return await identify_request(request)
 
     @property
     def backend_name(self) -> str:

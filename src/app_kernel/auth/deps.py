@@ -12,7 +12,7 @@ from app_kernel._runtime import kernel_of_app
 from app_kernel.auth.errors import AuthError
 from app_kernel.auth.models import UserIdentity
 
-__all__ = ("get_current_user", "get_optional_user", "require_admin")
+__all__ = ("get_current_user", "get_optional_user", "identify_request", "require_admin")
 
 _STATE_KEY = "app_kernel_user"
 
@@ -21,6 +21,22 @@ _STATE_KEY = "app_kernel_user"
 # the kernel is wired into an app.
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/auth/login", auto_error=False)
 api_key_scheme = APIKeyHeader(name="X-API-Key", auto_error=False)
+
+
+async def identify_request(request: Request) -> UserIdentity | None:
+    """The caller of ``request`` or None, asked of the auth service once per request."""
+    state = request.scope.setdefault("state", {})
+    cached = state.get(_STATE_KEY)
+    if cached is not None:
+        return cached if isinstance(cached, UserIdentity) else None
+    user = await kernel_of_app(request.app).auth.identify(request)
+    state[_STATE_KEY] = user if user is not None else False
+    return user
+
+
+# Both dependencies below read the credentials through identify_request rather
+# than through each other: FastAPI pays for every level of nested dependencies
+# on every request, and these run on nearly every route.
 
 
 async def get_optional_user(
@@ -33,19 +49,16 @@ async def get_optional_user(
     Credentials that are present but wrong still answer 401: a broken token is
     never silently treated as anonymous.
     """
-    state = request.scope.setdefault("state", {})
-    cached = state.get(_STATE_KEY)
-    if cached is not None:
-        return cached if isinstance(cached, UserIdentity) else None
-    user = await kernel_of_app(request.app).auth.identify(request)
-    state[_STATE_KEY] = user if user is not None else False
-    return user
+    return await identify_request(request)
 
 
 async def get_current_user(
-    user: Annotated[UserIdentity | None, Depends(get_optional_user)],
+    request: Request,
+    _bearer: Annotated[str | None, Security(oauth2_scheme)] = None,
+    _api_key: Annotated[str | None, Security(api_key_scheme)] = None,
 ) -> UserIdentity:
     """The caller's identity; 401 without valid credentials, 403 when deactivated."""
+    user = await identify_request(request)
     if user is None:
         raise AuthError.missing()
     return user
