@@ -166,6 +166,21 @@ class TestRedaction:
         assert second["dsn"] == "postgresql://app:[redacted]@db.internal:5432/app"
         assert "cache:6379" in third["event"]
 
+    def test_secrets_in_any_of_several_text_fields(self, stream: io.StringIO) -> None:
+        get_logger().info(
+            "proxied",
+            route="/a",
+            upstream="https://svc:pg-pass@up.internal/x",
+            note="sent Basic dXNlcjpw",
+            plain="bearer",  # a word at the end of one value, text at the start of the next
+            after="ok",
+        )
+        [line] = _lines(stream)
+        self._assert_clean(stream.getvalue())
+        assert line["upstream"] == "https://svc:[redacted]@up.internal/x"
+        assert line["note"] == "sent Basic [redacted]"
+        assert (line["route"], line["plain"], line["after"]) == ("/a", "bearer", "ok")
+
     def test_exception_text(self, stream: io.StringIO) -> None:
         try:
             msg = "cannot reach postgresql://app:pg-pass@db.internal/app"
@@ -187,6 +202,28 @@ class TestRedaction:
         self._assert_clean(text)
         assert "ConnectionError" in text
         assert "Traceback" in text
+
+
+def test_other_handlers_see_the_record_unchanged(stream: io.StringIO) -> None:
+    """The kernel's handler renders without touching the record another handler gets."""
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    keep = Keep()
+    logging.getLogger().addHandler(keep)
+    try:
+        get_logger("shared").info("saved", password="hunter2", items=2)
+    finally:
+        logging.getLogger().removeHandler(keep)
+    [line] = _lines(stream)
+    assert line["password"] == "[redacted]"
+    assert line["items"] == 2
+    [record] = seen
+    assert isinstance(record.msg, dict)
+    assert record.msg["password"] == "hunter2"  # redacted in the kernel's copy only
 
 
 def test_reconfiguring_applies_to_loggers_already_used() -> None:

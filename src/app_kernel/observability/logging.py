@@ -9,6 +9,7 @@ credentials are replaced before anything is rendered, so a password, token or
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -62,8 +63,12 @@ _SECRET_TEXT = (
     (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^:/@\s]*):[^@\s/]+@"), r"\1:" + REDACTED + "@"),
     (re.compile(r"\bak_[0-9a-f]{12}_[A-Za-z0-9_-]{20,}"), REDACTED),
 )
+# One search that every pattern above needs to match first: most log text holds no
+# secret, and one failed search is far cheaper than three substitutions.
+_MAYBE_SECRET = re.compile(r"(?i)\b(?:bearer|basic)\s|://[^@\s]*@|\bak_[0-9a-f]{12}_")
 
 
+@functools.lru_cache(maxsize=4096)
 def is_secret_key(name: str) -> bool:
     """True when a field named ``name`` holds a credential (``password``, ``api_key`` ...)."""
     lowered = name.lower()
@@ -76,6 +81,8 @@ def is_secret_key(name: str) -> bool:
 
 def scrub_text(text: str) -> str:
     """``text`` with bearer tokens, API keys and URL passwords replaced."""
+    if _MAYBE_SECRET.search(text) is None:
+        return text
     for pattern, replacement in _SECRET_TEXT:
         text = pattern.sub(replacement, text)
     return text
@@ -100,11 +107,20 @@ def _scrub(value: Any, depth: int = 0) -> Any:
 def redact_secrets(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
     """structlog processor: hide values of credential-like keys and in-text secrets."""
     del logger, method_name
+    texts: list[str] = []
     for key, value in list(event_dict.items()):
         if is_secret_key(key):
             event_dict[key] = REDACTED
+        elif type(value) is str:
+            texts.append(value)
         elif key in ("event", "exception") or isinstance(value, str | Mapping | list | tuple):
             event_dict[key] = _scrub(value)
+    # One search over every plain string (the separator is whitespace, so no
+    # pattern can match across two values); most lines hold no secret at all.
+    if texts and _MAYBE_SECRET.search("\n".join(texts)) is not None:
+        for key, value in event_dict.items():
+            if type(value) is str:
+                event_dict[key] = scrub_text(value)
     return event_dict
 
 
@@ -117,6 +133,39 @@ def _add_static_fields(_: WrappedLogger, __: str, event_dict: EventDict) -> Even
     for key, value in _static_fields.items():
         event_dict.setdefault(key, value)
     return event_dict
+
+
+class _Formatter(structlog.stdlib.ProcessorFormatter):
+    """``ProcessorFormatter`` without the record copy for plain structlog lines.
+
+    A line from a structlog logger that carries no exception or stack is
+    rendered straight from a copy of its event dict (the copy of the whole
+    record, made so other handlers see it unchanged, costs as much as the
+    rendering); stdlib records and exceptions take the full path.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        meta = structlog.stdlib.ProcessorFormatter.remove_processors_meta
+        self._direct = tuple(p for p in self.processors if p is not meta)
+
+    def format(self, record: logging.LogRecord) -> str:
+        event = record.msg
+        name = getattr(record, "_name", None)
+        if (
+            type(event) is not dict
+            or not isinstance(name, str)
+            or record.exc_info
+            or record.stack_info
+            or "exc_info" in event
+            or "stack_info" in event
+        ):
+            return super().format(record)
+        logger = getattr(record, "_logger", None)
+        rendered: Any = event.copy()
+        for processor in self._direct:
+            rendered = processor(logger, name, rendered)
+        return str(rendered)
 
 
 def _shared_processors() -> list[Processor]:
@@ -156,7 +205,7 @@ def configure_logging(
     exception_processors: list[Processor] = [structlog.processors.format_exc_info]
 
     pre_chain: list[Processor] = [*_shared_processors(), _add_static_fields]
-    formatter = structlog.stdlib.ProcessorFormatter(
+    formatter = _Formatter(
         foreign_pre_chain=pre_chain,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
