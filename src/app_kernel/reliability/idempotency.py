@@ -26,6 +26,7 @@ import secrets
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from app_kernel._deadline import backend_deadline
 from app_kernel._runtime import current_kernel
 from app_kernel.errors import BackendUnavailable, KernelError
 from app_kernel.observability.logging import get_logger
@@ -159,7 +160,7 @@ class Idempotency:
     async def call(self, operation: str, coro: Coroutine[Any, Any, T]) -> T:
         """Await a backend call within the timeout; failures become ``BackendUnavailable``."""
         try:
-            async with asyncio.timeout(self.timeout_seconds):
+            async with backend_deadline(self.timeout_seconds):
                 return await coro
         except TimeoutError as exc:
             msg = f"idempotency {operation} took longer than {self.timeout_seconds}s"

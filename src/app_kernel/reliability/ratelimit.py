@@ -11,11 +11,11 @@ accuracy.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from app_kernel._deadline import backend_deadline
 from app_kernel._runtime import current_kernel
 from app_kernel.errors import BackendUnavailable
 from app_kernel.observability.logging import get_logger
@@ -181,7 +181,7 @@ class RateLimiter:
         settings = self.settings
         key = identifier_key(identifier)
         try:
-            async with asyncio.timeout(settings.backend_timeout_seconds):
+            async with backend_deadline(settings.backend_timeout_seconds):
                 states = await self.backend.hit(key, limits, settings.exact_window_threshold)
         except (BackendUnavailable, TimeoutError) as exc:
             self.backend_failures += 1
@@ -238,7 +238,7 @@ class RateLimiter:
         limits = self._limits(limit, window, ())
         settings = self.settings
         try:
-            async with asyncio.timeout(settings.backend_timeout_seconds):
+            async with backend_deadline(settings.backend_timeout_seconds):
                 states = await self.backend.peek(
                     identifier_key(identifier), limits, settings.exact_window_threshold
                 )

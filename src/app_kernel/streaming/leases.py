@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
+from app_kernel._deadline import backend_deadline
 from app_kernel.errors import BackendUnavailable
 from app_kernel.settings import StreamingSettings
 from app_kernel.streaming.backends.base import LeaseBackend
@@ -62,7 +63,7 @@ class StreamLeaseLimiter:
 
     async def _bounded(self, operation: str, call: Awaitable[T]) -> T:
         try:
-            async with asyncio.timeout(self.backend_timeout_seconds):
+            async with backend_deadline(self.backend_timeout_seconds):
                 return await call
         except TimeoutError as exc:
             msg = (

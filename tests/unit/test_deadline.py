@@ -1,0 +1,94 @@
+"""backend_deadline: a time limit that a saturated event loop does not trip."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from app_kernel._deadline import backend_deadline
+
+
+@pytest.fixture
+def sockets() -> Iterator[tuple[socket.socket, socket.socket]]:
+    reader, writer = socket.socketpair()
+    reader.setblocking(False)
+    try:
+        yield reader, writer
+    finally:
+        reader.close()
+        writer.close()
+
+
+async def test_a_slow_backend_times_out_after_the_limit() -> None:
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        async with backend_deadline(0.05) as deadline:
+            await asyncio.sleep(10)
+    assert deadline.expired()
+    assert time.monotonic() - started < 1.0
+
+
+async def test_an_answer_in_time_passes_through() -> None:
+    async with backend_deadline(0.5) as deadline:
+        await asyncio.sleep(0)
+    assert not deadline.expired()
+
+
+@pytest.mark.allow_slow_callbacks
+async def test_a_reply_waiting_unread_behind_a_busy_loop_is_not_a_timeout(
+    sockets: tuple[socket.socket, socket.socket],
+) -> None:
+    """The reply arrives at once, but the loop is busy for 4x the limit before it reads it."""
+    reader, writer = sockets
+    loop = asyncio.get_running_loop()
+
+    def busy() -> None:
+        writer.send(b"+OK\r\n")
+        time.sleep(0.2)
+
+    loop.call_soon(busy)
+    async with backend_deadline(0.05):
+        reply = await loop.sock_recv(reader, 16)
+    assert reply == b"+OK\r\n"
+
+
+@pytest.mark.allow_slow_callbacks
+async def test_plain_asyncio_timeout_would_have_failed_that_call(
+    sockets: tuple[socket.socket, socket.socket],
+) -> None:
+    """The same scenario under asyncio.timeout: the reason backend_deadline exists."""
+    reader, writer = sockets
+    loop = asyncio.get_running_loop()
+
+    def busy() -> None:
+        writer.send(b"+OK\r\n")
+        time.sleep(0.2)
+
+    loop.call_soon(busy)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.05):
+            await loop.sock_recv(reader, 16)
+
+
+async def test_a_loop_that_stays_behind_still_times_out_at_the_cap() -> None:
+    loop = asyncio.get_running_loop()
+    running = True
+
+    def lag() -> None:  # 40 ms of work per loop pass: always behind a 50 ms limit
+        time.sleep(0.04)
+        if running:
+            loop.call_soon(lag)
+
+    loop.call_soon(lag)
+    started = time.monotonic()
+    try:
+        with pytest.raises(TimeoutError):
+            async with backend_deadline(0.05, max_seconds=0.3):
+                await loop.create_future()
+    finally:
+        running = False
+    assert 0.3 <= time.monotonic() - started < 1.0
