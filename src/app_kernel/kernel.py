@@ -9,6 +9,7 @@ other; where one needs another, this module hands it a callable.
 
 from __future__ import annotations
 
+import gc
 import secrets
 from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
@@ -64,6 +65,19 @@ __all__ = ("MIN_SECRET_BYTES", "Kernel", "check_startup_settings")
 
 MIN_SECRET_BYTES = 32
 _log = get_logger("app_kernel.kernel")
+_gc_frozen = False
+
+
+def _freeze_gc_once() -> None:
+    """``gc.freeze()`` when the first kernel of this process starts.
+
+    Only once: a second app (tests make hundreds) would otherwise pin its own
+    start-up garbage for good.
+    """
+    global _gc_frozen
+    if not _gc_frozen:
+        _gc_frozen = True
+        gc.freeze()
 
 if STORE_TASK not in kernel_tasks:
     kernel_tasks.register(
@@ -262,6 +276,8 @@ class Kernel:
             raise
         self._exit_stack = stack
         self.is_open = True
+        if settings.http.freeze_gc_after_start:
+            _freeze_gc_once()
         _log.info(
             "kernel started",
             backend=self.backend_name,

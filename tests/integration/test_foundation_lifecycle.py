@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -256,3 +258,49 @@ async def test_create_service_mounts_routers_under_the_api_prefix(service: FastA
 def test_create_service_refuses_a_malformed_api_prefix(prefix: str) -> None:
     with pytest.raises(KernelError, match="api_prefix"):
         create_service("svc", [], config=ServiceConfig(debug=True), api_prefix=prefix)
+
+
+_FREEZE_PROBE = """
+import asyncio, gc, sys, tempfile
+from fastapi import FastAPI
+calls = []
+real_freeze = gc.freeze
+gc.freeze = lambda: (calls.append(1), real_freeze())[1]
+from app_kernel import init_app_kernel
+from app_kernel.settings import HttpSettings, KernelSettings
+
+async def start(freeze: bool) -> int:
+    app = FastAPI()
+    settings = KernelSettings(
+        debug=True, data_dir=tempfile.mkdtemp(), http=HttpSettings(freeze_gc_after_start=freeze)
+    )
+    kernel = init_app_kernel(app, settings)
+    await kernel.open()
+    try:
+        return gc.get_freeze_count()
+    finally:
+        await kernel.close()
+
+freeze = sys.argv[1] == "on"
+print(asyncio.run(start(freeze)), asyncio.run(start(freeze)), len(calls))
+"""
+
+
+@pytest.mark.parametrize("mode", ["on", "off"])
+def test_the_first_kernel_start_freezes_the_gc_once(mode: str) -> None:
+    """Start-up objects leave the collector's generations (full collections stay short)."""
+    done = subprocess.run(
+        [sys.executable, "-c", _FREEZE_PROBE, mode],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    frozen_first, frozen_second, freezes = (int(n) for n in done.stdout.split())
+    if mode == "off":
+        assert (frozen_first, frozen_second, freezes) == (0, 0, 0)
+    else:
+        assert frozen_first > 10_000  # the frameworks' import-time heap
+        assert frozen_second > 10_000
+        assert freezes == 1  # the second kernel did not freeze again
