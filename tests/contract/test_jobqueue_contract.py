@@ -776,12 +776,36 @@ async def test_status_counts(queue: JobQueue) -> None:
     assert retrying == "retrying"
     await _claim_one(queue)  # a normal job
 
-    assert await queue.status() == {
+    status = await queue.status()
+    assert 0 <= status.pop("oldest_waiting_seconds") < 30
+    assert status == {
         "queues": {"high": 0, "normal": 1, "low": 3},
         "scheduled": 2,
         "running": 1,
         "dead": 1,
     }
+
+
+async def test_status_reports_how_long_the_oldest_runnable_job_has_waited(
+    queue: JobQueue,
+) -> None:
+    assert (await queue.status())["oldest_waiting_seconds"] == 0.0
+    await queue.enqueue([_spec(delay_seconds=60)])  # not runnable yet: not waiting
+    assert (await queue.status())["oldest_waiting_seconds"] == 0.0
+
+    await queue.enqueue([_spec(priority="low")])
+    await asyncio.sleep(0.3)
+    await queue.enqueue([_spec(priority="high")])  # newer: the low one stays the oldest
+    first = (await queue.status())["oldest_waiting_seconds"]
+    assert 0.3 <= first < 5
+
+    await queue.enqueue([_spec(delay_seconds=0.1)])  # falls due, nobody promotes it
+    await asyncio.sleep(0.3)
+    second = (await queue.status())["oldest_waiting_seconds"]
+    assert first + 0.3 <= second < first + 5
+
+    await queue.claim("w1", 5, lease_seconds=LEASE)  # takes all three runnable jobs
+    assert (await queue.status())["oldest_waiting_seconds"] == 0.0
 
 
 async def test_workers_register_renew_and_expire(queue: JobQueue) -> None:

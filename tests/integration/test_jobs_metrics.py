@@ -184,6 +184,8 @@ async def test_success_retry_and_dead_are_counted(kernel: Kernel, worker: Worker
         assert ("jobs_queue_depth", (("priority", priority),)) in samples
     assert value(samples, "jobs_queue_depth", priority="normal") == 0
     assert value(samples, "jobs_queue_jobs", state="dead") == 1
+    assert ("jobs_oldest_waiting_seconds", ()) in samples
+    assert value(samples, "jobs_oldest_waiting_seconds") == 0  # the worker keeps up
 
 
 async def test_unknown_task_names_share_one_label(kernel: Kernel, worker: WorkerManager) -> None:

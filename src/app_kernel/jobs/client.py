@@ -282,7 +282,8 @@ class JobClient:
     # --- inspect -------------------------------------------------------------------
 
     async def get_queue_status(self) -> dict[str, Any]:
-        """``{"queues": {"high", "normal", "low"}, "scheduled", "running", "dead", "workers"}``."""
+        """``{"queues": {"high", "normal", "low"}, "scheduled", "running", "dead",
+        "oldest_waiting_seconds", "workers"}``."""
         status = dict(await self.queue.status())
         status["workers"] = await self.queue.workers()
         return status

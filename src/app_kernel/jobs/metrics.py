@@ -13,13 +13,15 @@ so a client or worker never creates a label per stray name)::
     jobs_abandoned_threads_total{task} plain-function handlers left running in their thread
     jobs_queue_depth{priority}         jobs waiting, per priority (gauge)
     jobs_queue_jobs{state}             scheduled (incl. retrying), running, dead (gauge)
+    jobs_oldest_waiting_seconds        how long the longest-waiting runnable job has waited
 
 The gauges are refreshed by each worker from ``queue.status()`` every
 ``jobs.reap_interval_seconds``; they are queue-wide figures, so their
 multiprocess mode is ``livemostrecent`` (not summed over workers). Attempts
 whose lease expired are failed by the reaper in the backend and are not
-counted in ``jobs_failed_total``. The age of the oldest waiting job is not
-exported: neither backend's ``status()`` reports it.
+counted in ``jobs_failed_total``. The oldest waiting job is measured from
+when it could first run (its scheduled time, else its enqueue time): a value
+that keeps growing means no worker is taking jobs.
 
 :class:`WorkerMetricsServer` serves the exposition of a worker process over
 plain HTTP on its own thread (see its docstring for the protection rule).
@@ -57,6 +59,7 @@ _HELP = {
     "jobs.abandoned_threads": "Plain-function handlers abandoned in their thread, by task.",
     "jobs.queue_depth": "Jobs waiting to run, by priority (refreshed by workers).",
     "jobs.queue_jobs": "Scheduled, running and dead jobs (refreshed by workers).",
+    "jobs.oldest_waiting_seconds": "Seconds the longest-waiting runnable job has waited.",
 }
 
 
@@ -105,6 +108,12 @@ class JobMetrics:
                 gauge(
                     "jobs.queue_jobs", int(status[state]), {"state": state}, mode="livemostrecent"
                 )
+        if "oldest_waiting_seconds" in status:
+            gauge(
+                "jobs.oldest_waiting_seconds",
+                float(status["oldest_waiting_seconds"]),
+                mode="livemostrecent",
+            )
 
 
 def _token_matches(header: str, expected: bytes | None) -> bool:

@@ -265,7 +265,9 @@ class JobQueue(Protocol):
 
     async def status(self) -> dict[str, Any]:
         """``{"queues": {"high": n, "normal": n, "low": n}, "scheduled": n,
-        "running": n, "dead": n}`` (``scheduled`` includes retrying jobs)."""
+        "running": n, "dead": n, "oldest_waiting_seconds": s}`` (``scheduled``
+        includes retrying jobs; ``oldest_waiting_seconds`` is how long the job
+        that has waited longest to start has been able to run, 0.0 when none)."""
 
     async def register_worker(
         self, worker_id: str, info: Mapping[str, Any], ttl_seconds: float

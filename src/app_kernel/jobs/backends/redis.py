@@ -487,14 +487,16 @@ class RedisJobQueue:
         return await self._dead_action("purge", job_id)
 
     async def status(self) -> dict[str, Any]:
-        """Queue depths from LLEN/ZCARD (one script call)."""
+        """Queue depths and the oldest waiting job's age (one script call)."""
         with _wrap_errors("status"):
-            high, normal, low, scheduled, running, dead = await self._run("status", [])
+            reply = await self._run("status", [])
+        high, normal, low, scheduled, running, dead, oldest = reply
         return {
             "queues": {"high": int(high), "normal": int(normal), "low": int(low)},
             "scheduled": int(scheduled),
             "running": int(running),
             "dead": int(dead),
+            "oldest_waiting_seconds": max(0.0, float(_text(oldest))),
         }
 
     # --- workers -----------------------------------------------------------------------

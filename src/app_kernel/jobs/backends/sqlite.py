@@ -695,7 +695,8 @@ class SqliteJobQueue:
         return await self._store.transaction(run)
 
     async def status(self) -> dict[str, Any]:
-        """Counts of queued jobs per priority, scheduled (and retrying), running and dead."""
+        """Counts of queued jobs per priority, scheduled (and retrying), running and dead,
+        and the age of the oldest job that could run now."""
 
         def run(conn: sqlite3.Connection) -> dict[str, Any]:
             queues = {p: 0 for p in PRIORITIES}
@@ -711,11 +712,19 @@ class SqliteJobQueue:
                     counts["running"] += count
                 else:
                     counts["scheduled"] += count
+            now = self._clock()
             counts["dead"] = conn.execute(
-                "SELECT COUNT(*) FROM jobs WHERE status = 'dead' AND expires_at > ?",
-                (self._clock(),),
+                "SELECT COUNT(*) FROM jobs WHERE status = 'dead' AND expires_at > ?", (now,)
             ).fetchone()[0]
-            return {"queues": queues, **counts}
+            # Queued jobs, and scheduled or retrying ones already due: each has
+            # been able to run since its run_at.
+            (since,) = conn.execute(
+                "SELECT MIN(run_at) FROM jobs"
+                " WHERE status IN ('queued', 'scheduled', 'retrying') AND run_at <= ?",
+                (now,),
+            ).fetchone()
+            oldest = 0.0 if since is None else max(0.0, now - since)
+            return {"queues": queues, **counts, "oldest_waiting_seconds": oldest}
 
         return await self._store.read(run)
 
