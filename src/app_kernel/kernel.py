@@ -79,6 +79,7 @@ def _freeze_gc_once() -> None:
         _gc_frozen = True
         gc.freeze()
 
+
 if STORE_TASK not in kernel_tasks:
     kernel_tasks.register(
         STORE_TASK, store_batch_task, timeout=60, max_attempts=3, description="request metrics"
