@@ -14,7 +14,7 @@ import pytest
 import structlog
 
 from app_kernel import get_logger, log_context
-from app_kernel.observability.logging import configure_logging
+from app_kernel.observability.logging import HotPathLogger, configure_logging
 
 
 def _lines(stream: io.StringIO) -> list[dict[str, Any]]:
@@ -202,6 +202,27 @@ class TestRedaction:
         self._assert_clean(text)
         assert "ConnectionError" in text
         assert "Traceback" in text
+
+
+def test_hot_path_lines_match_structlog_lines(stream: io.StringIO) -> None:
+    """HotPathLogger skips structlog's chain but writes the same line, redaction included."""
+    fields = {"method": "GET", "status": 200, "token": "tok-123", "note": "Bearer abc.def"}
+    with log_context(request_id="r-1"):
+        get_logger("app_kernel.access").info("request", **fields)
+        HotPathLogger("app_kernel.access").info("request", **fields)
+    slow, fast = _lines(stream)
+    assert fast.pop("timestamp").endswith("Z")
+    slow.pop("timestamp")
+    assert fast == slow
+    assert fast["request_id"] == "r-1"
+    assert fast["token"] == "[redacted]"
+    assert fast["note"] == "Bearer [redacted]"
+
+
+def test_hot_path_lines_respect_the_level() -> None:
+    with _configured(level="WARNING", fmt="json") as out:
+        HotPathLogger("app_kernel.access").info("request", status=200)
+    assert out.getvalue() == ""
 
 
 def test_other_handlers_see_the_record_unchanged(stream: io.StringIO) -> None:

@@ -9,6 +9,8 @@ credentials are replaced before anything is rendered, so a password, token or
 
 from __future__ import annotations
 
+import contextvars
+import datetime
 import functools
 import logging
 import re
@@ -18,11 +20,12 @@ from contextlib import contextmanager
 from typing import Any, Literal
 
 import structlog
-from structlog.contextvars import bound_contextvars, merge_contextvars
+from structlog.contextvars import STRUCTLOG_KEY_PREFIX, bound_contextvars, merge_contextvars
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 __all__ = (
     "REDACTED",
+    "HotPathLogger",
     "configure_logging",
     "get_logger",
     "is_secret_key",
@@ -63,9 +66,15 @@ _SECRET_TEXT = (
     (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^:/@\s]*):[^@\s/]+@"), r"\1:" + REDACTED + "@"),
     (re.compile(r"\bak_[0-9a-f]{12}_[A-Za-z0-9_-]{20,}"), REDACTED),
 )
-# One search that every pattern above needs to match first: most log text holds no
-# secret, and one failed search is far cheaper than three substitutions.
-_MAYBE_SECRET = re.compile(r"(?i)\b(?:bearer|basic)\s|://[^@\s]*@|\bak_[0-9a-f]{12}_")
+
+
+def _may_hold_secret(text: str) -> bool:
+    """False when no pattern above can match ``text``: plain substring tests, which
+    cost a fraction of one regular-expression search (most log text holds no secret)."""
+    if "ak_" in text or ("@" in text and "://" in text):
+        return True
+    lowered = text.lower()
+    return "bearer" in lowered or "basic" in lowered
 
 
 @functools.lru_cache(maxsize=4096)
@@ -81,7 +90,7 @@ def is_secret_key(name: str) -> bool:
 
 def scrub_text(text: str) -> str:
     """``text`` with bearer tokens, API keys and URL passwords replaced."""
-    if _MAYBE_SECRET.search(text) is None:
+    if not _may_hold_secret(text):
         return text
     for pattern, replacement in _SECRET_TEXT:
         text = pattern.sub(replacement, text)
@@ -117,7 +126,7 @@ def redact_secrets(logger: WrappedLogger, method_name: str, event_dict: EventDic
             event_dict[key] = _scrub(value)
     # One search over every plain string (the separator is whitespace, so no
     # pattern can match across two values); most lines hold no secret at all.
-    if texts and _MAYBE_SECRET.search("\n".join(texts)) is not None:
+    if texts and _may_hold_secret("\n".join(texts)):
         for key, value in event_dict.items():
             if type(value) is str:
                 event_dict[key] = scrub_text(value)
@@ -250,6 +259,55 @@ def get_logger(name: str | None = None, **initial: Any) -> structlog.stdlib.Boun
     """A logger taking keyword fields: ``get_logger().info("saved", user_id="1")``."""
     logger: structlog.stdlib.BoundLogger = structlog.stdlib.get_logger(name or "app")
     return logger.bind(**initial) if initial else logger
+
+
+class HotPathLogger:
+    """Info lines for code that runs on every request (the access log).
+
+    Writes the same line as ``get_logger(name).info(event, **fields)``, with
+    the bound context, level, logger name, timestamp and service, through the
+    same handler, formatter and redaction, but builds the event dict directly
+    instead of running structlog's processor chain and stdlib's caller lookup
+    (a third of the cost of a line).
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._logger = logging.getLogger(name)
+
+    def info(self, event: str, **fields: Any) -> None:
+        logger = self._logger
+        if not logger.isEnabledFor(logging.INFO):
+            return
+        fields["event"] = event
+        for var, value in contextvars.copy_context().items():
+            name = var.name
+            if name.startswith(STRUCTLOG_KEY_PREFIX) and value is not Ellipsis:
+                fields.setdefault(name[_PREFIX_LENGTH:], value)
+        fields["level"] = "info"
+        fields["logger"] = self.name
+        fields["timestamp"] = _utc_now().isoformat().replace("+00:00", "Z")
+        for key, value in _static_fields.items():
+            fields.setdefault(key, value)
+        record = logger.makeRecord(
+            self.name,
+            logging.INFO,
+            "(hot path)",
+            0,
+            fields,
+            (),
+            None,
+            extra={"_logger": logger, "_name": "info"},
+        )
+        logger.handle(record)
+
+
+_PREFIX_LENGTH = len(STRUCTLOG_KEY_PREFIX)
+_UTC = datetime.UTC
+
+
+def _utc_now() -> datetime.datetime:
+    return datetime.datetime.now(tz=_UTC)
 
 
 @contextmanager

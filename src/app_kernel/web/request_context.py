@@ -9,7 +9,7 @@ import uuid
 from structlog.contextvars import bind_contextvars, reset_contextvars
 
 from app_kernel.observability.context import request_client_ip, request_id
-from app_kernel.observability.logging import get_logger
+from app_kernel.observability.logging import HotPathLogger
 from app_kernel.observability.tracing import reset_trace_id, set_trace_id, trace_id_of
 from app_kernel.types import ASGIApp, Message, Receive, Scope, Send
 from app_kernel.web.client_ip import ClientIpResolver
@@ -17,7 +17,7 @@ from app_kernel.web.client_ip import ClientIpResolver
 __all__ = ("RequestContextMiddleware", "route_template")
 
 _VALID_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
-_access_log = get_logger("app_kernel.access")
+_access_log = HotPathLogger("app_kernel.access")
 
 
 def route_template(scope: Scope) -> str:
