@@ -27,15 +27,20 @@ def app(tmp_path: Path) -> FastAPI:
     return app
 
 
-async def test_backend_unavailable_is_a_503_problem(app: FastAPI) -> None:
+async def _get_503(app: FastAPI, path: str) -> httpx.Response:
+    """GET ``path`` on a started ``app``; check the answer is a 503 problem."""
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-            response = await client.get("/needs-backend")
-
+            response = await client.get(path)
     assert response.status_code == 503
     assert response.headers["content-type"] == "application/problem+json"
     assert response.headers["retry-after"] == "1"
+    return response
+
+
+async def test_backend_unavailable_is_a_503_problem(app: FastAPI) -> None:
+    response = await _get_503(app, "/needs-backend")
     body = response.json()
     assert body["status"] == 503
     assert body["request_id"] == response.headers["x-request-id"]
@@ -72,14 +77,6 @@ def app_failing_in_middleware(tmp_path: Path) -> FastAPI:
 async def test_backend_failure_in_a_middleware_is_a_503_problem(
     app_failing_in_middleware: FastAPI,
 ) -> None:
-    app = app_failing_in_middleware
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-            response = await client.get("/ok")
-
-    assert response.status_code == 503
-    assert response.headers["content-type"] == "application/problem+json"
-    assert response.headers["retry-after"] == "1"
+    response = await _get_503(app_failing_in_middleware, "/ok")
     assert response.json()["request_id"] == response.headers["x-request-id"]
     assert "10.0.0.7" not in response.text

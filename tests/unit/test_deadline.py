@@ -38,21 +38,24 @@ async def test_an_answer_in_time_passes_through() -> None:
     assert not deadline.expired()
 
 
-@pytest.mark.allow_slow_callbacks
-async def test_a_reply_waiting_unread_behind_a_busy_loop_is_not_a_timeout(
-    sockets: tuple[socket.socket, socket.socket],
-) -> None:
+def _answer_then_keep_the_loop_busy(writer: socket.socket) -> None:
     """The reply arrives at once, but the loop is busy for 4x the limit before it reads it."""
-    reader, writer = sockets
-    loop = asyncio.get_running_loop()
 
     def busy() -> None:
         writer.send(b"+OK\r\n")
         time.sleep(0.2)
 
-    loop.call_soon(busy)
+    asyncio.get_running_loop().call_soon(busy)
+
+
+@pytest.mark.allow_slow_callbacks
+async def test_a_reply_waiting_unread_behind_a_busy_loop_is_not_a_timeout(
+    sockets: tuple[socket.socket, socket.socket],
+) -> None:
+    reader, writer = sockets
+    _answer_then_keep_the_loop_busy(writer)
     async with backend_deadline(0.05):
-        reply = await loop.sock_recv(reader, 16)
+        reply = await asyncio.get_running_loop().sock_recv(reader, 16)
     assert reply == b"+OK\r\n"
 
 
@@ -62,16 +65,10 @@ async def test_plain_asyncio_timeout_would_have_failed_that_call(
 ) -> None:
     """The same scenario under asyncio.timeout: the reason backend_deadline exists."""
     reader, writer = sockets
-    loop = asyncio.get_running_loop()
-
-    def busy() -> None:
-        writer.send(b"+OK\r\n")
-        time.sleep(0.2)
-
-    loop.call_soon(busy)
+    _answer_then_keep_the_loop_busy(writer)
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0.05):
-            await loop.sock_recv(reader, 16)
+            await asyncio.get_running_loop().sock_recv(reader, 16)
 
 
 async def test_a_loop_that_stays_behind_still_times_out_at_the_cap() -> None:

@@ -52,34 +52,27 @@ async def test_a_failed_load_reaches_every_waiter_and_is_not_cached() -> None:
     assert backend.calls == 2
 
 
-async def test_cancelling_a_waiter_leaves_the_shared_load_running() -> None:
+@pytest.mark.parametrize(
+    ("cancelled", "loads"),
+    [
+        ("waiter", 1),  # the shared load goes on for the caller that started it
+        ("loader", 2),  # the waiter loads again itself
+    ],
+)
+async def test_a_cancelled_caller_leaves_the_other_served(cancelled: str, loads: int) -> None:
     cache: TtlCache[str, str] = TtlCache(60)
     backend = _Backend()
-    leader = asyncio.create_task(cache.get("u1", backend.load))
+    loader = asyncio.create_task(cache.get("u1", backend.load))
     await asyncio.sleep(0)
     waiter = asyncio.create_task(cache.get("u1", backend.load))
     await asyncio.sleep(0)
-    waiter.cancel()
+    gone, kept = (waiter, loader) if cancelled == "waiter" else (loader, waiter)
+    gone.cancel()
     with pytest.raises(asyncio.CancelledError):
-        await waiter
+        await gone
     backend.release.set()
-    assert await leader == "u1:v1"
-    assert backend.calls == 1
-
-
-async def test_waiters_load_again_when_the_loading_caller_is_cancelled() -> None:
-    cache: TtlCache[str, str] = TtlCache(60)
-    backend = _Backend()
-    leader = asyncio.create_task(cache.get("u1", backend.load))
-    await asyncio.sleep(0)
-    waiter = asyncio.create_task(cache.get("u1", backend.load))
-    await asyncio.sleep(0)
-    leader.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await leader
-    backend.release.set()
-    assert await waiter == "u1:v1"
-    assert backend.calls == 2
+    assert await kept == "u1:v1"
+    assert backend.calls == loads
 
 
 async def test_forget_during_a_load_keeps_its_stale_answer_out_of_the_cache() -> None:
