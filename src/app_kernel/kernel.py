@@ -179,6 +179,7 @@ class Kernel:
             self.metrics,
             enqueue=lambda payload: self.jobs.enqueue(STORE_TASK, payload, priority=BATCH_PRIORITY),
             backlog=self._request_metrics_backlog,
+            cancel=self._cancel_waiting_batch,
         )
         self.auth = self._build_auth(auth_state)
         self._exit_stack: AsyncExitStack | None = None
@@ -293,6 +294,17 @@ class Kernel:
             await stack.aclose()
         self.metrics.close()
         clear_current(self)
+
+    async def _cancel_waiting_batch(self, job_id: str) -> bool:
+        """Cancel a request-metrics batch only while it waits (never a running store).
+
+        A worker may claim it between the two calls; the store is then stopped
+        and the batch lost, which is what dropping it meant anyway.
+        """
+        info = await self.job_queue.get(job_id)
+        if info is None or info.status != "queued":
+            return False
+        return await self.job_queue.cancel(job_id)
 
     async def _request_metrics_backlog(self) -> int:
         status = await self.job_queue.status()

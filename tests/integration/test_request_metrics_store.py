@@ -291,11 +291,25 @@ async def test_without_a_worker_queued_batches_are_bounded(tmp_path: Path) -> No
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
             for n in range(10):
                 await http.get(f"/items/{n}")
-        assert await recorder.flush() == 2
+        enqueued: list[str] = []
+        enqueue = recorder._enqueue
+
+        async def spy(payload: dict[str, Any]) -> Any:
+            queued = await enqueue(payload)
+            enqueued.append(queued.job_id)
+            return queued
+
+        recorder._enqueue = spy
+        assert await recorder.flush() == 5
         assert recorder.batches_dropped == 3
         assert len(recorder.buffer) == 0
         status = await kernel.jobs.get_queue_status()
         assert status["queues"]["low"] == 2
+        # The oldest batches made room: the two left hold the newest records.
+        jobs = [await kernel.jobs.get_job(job_id) for job_id in enqueued]
+        assert [job.status for job in jobs if job] == ["cancelled"] * 3 + ["queued"] * 2
+        kept = [r["path"] for job in jobs[3:] if job for r in job.payload["records"]]
+        assert kept == [f"/items/{n}" for n in range(6, 10)]
         exposition, _ = kernel.metrics.render()
     assert "request_metrics_batches_dropped_total 3.0" in exposition.decode()
 
@@ -315,3 +329,36 @@ async def test_a_failing_queue_drops_the_batch_and_keeps_going() -> None:
     assert await recorder.flush() == 0
     assert recorder.batches_dropped == 3
     assert len(recorder.buffer) == 0
+
+
+async def test_a_full_queue_drops_the_new_batch_when_none_of_ours_still_waits() -> None:
+    """The oldest batches of this process were already taken by workers: nothing to cancel."""
+    asked: list[str] = []
+    ids = iter(range(100))
+
+    class Queued:
+        def __init__(self) -> None:
+            self.job_id = f"job-{next(ids)}"
+
+    async def enqueue(payload: dict[str, Any]) -> Queued:
+        return Queued()
+
+    async def backlog() -> int:
+        return 0
+
+    async def cancel(job_id: str) -> bool:
+        asked.append(job_id)
+        return False  # running or finished: not ours to drop any more
+
+    recorder = RequestMetricsRecorder(
+        RequestMetricsSettings(enabled=True, batch_size=1, max_queued_batches=2),
+        None,
+        enqueue=enqueue,
+        backlog=backlog,
+        cancel=cancel,
+    )
+    for n in range(4):
+        recorder.buffer.add({"n": n})
+    assert await recorder.flush() == 2
+    assert asked == ["job-0", "job-1"]  # each tried once, oldest first
+    assert recorder.batches_dropped == 2

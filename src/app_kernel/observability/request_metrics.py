@@ -12,8 +12,11 @@ buffer drops the new record and counts it in ``request_metrics_dropped_total``.
 task that, every ``flush_interval_seconds``, enqueues the buffered records in
 batches of ``batch_size`` as the kernel task ``kernel:request_metrics.store``;
 a worker stores each batch with one INSERT in one transaction. When ``max_queued_batches``
-low-priority jobs already wait (no worker keeps up), or the queue fails, the
-batch is dropped and counted in ``request_metrics_batches_dropped_total``.
+low-priority jobs already wait (no worker keeps up), the oldest batch this
+process still has waiting is cancelled to make room, so the queue keeps the
+newest records; when it has none left to cancel (other processes filled the
+queue), or the queue fails, the new batch is dropped instead. Either way the
+batch is counted in ``request_metrics_batches_dropped_total``.
 """
 
 from __future__ import annotations
@@ -159,6 +162,7 @@ class RequestMetricsBuffer:
 
 Enqueue = Callable[[dict[str, Any]], Awaitable[Any]]
 Backlog = Callable[[], Awaitable[int]]
+Cancel = Callable[[str], Awaitable[bool]]
 
 
 class RequestMetricsRecorder:
@@ -167,8 +171,11 @@ class RequestMetricsRecorder:
     Args:
         settings: ``observability.request_metrics``.
         metrics: where drops are counted.
-        enqueue: enqueues one store job with the given payload.
+        enqueue: enqueues one store job with the given payload; its result's
+            ``job_id``, when it has one, lets the batch be cancelled later.
         backlog: how many store jobs wait in the queue now.
+        cancel: cancels a waiting job by id (True when it was still waiting);
+            without it a full queue drops the new batch instead of the oldest.
     """
 
     def __init__(
@@ -178,12 +185,16 @@ class RequestMetricsRecorder:
         *,
         enqueue: Enqueue,
         backlog: Backlog,
+        cancel: Cancel | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.buffer = RequestMetricsBuffer(settings.buffer_size, metrics)
         self._enqueue = enqueue
         self._backlog = backlog
+        self._cancel = cancel
+        # (job id, records) of this process's latest batches, oldest first.
+        self._queued: deque[tuple[str, int]] = deque(maxlen=max(1, settings.max_queued_batches))
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self.batches_queued = 0
@@ -246,20 +257,42 @@ class RequestMetricsRecorder:
         while len(buffer):
             batch = buffer.take(settings.batch_size)
             if waiting >= settings.max_queued_batches:
+                waiting -= await self._drop_oldest()
+            if waiting >= settings.max_queued_batches:
                 self._drop_batch(len(batch), "queue backlog")
                 continue
             payload = {"records": batch, "retention_days": settings.retention_days}
             try:
-                await self._enqueue(payload)
+                queued = await self._enqueue(payload)
             except Exception as exc:
                 self._drop_batch(len(batch), repr(exc))
                 continue
+            job_id = getattr(queued, "job_id", None)
+            if isinstance(job_id, str):
+                self._queued.append((job_id, len(batch)))
             waiting += 1
             sent += 1
             self.batches_queued += 1
             if self.metrics is not None:
                 self.metrics.increment(BATCHES_QUEUED)
         return sent
+
+    async def _drop_oldest(self) -> int:
+        """Cancel this process's oldest batch still waiting; 1 if one was, else 0."""
+        if self._cancel is None:
+            return 0
+        while self._queued:
+            job_id, size = self._queued.popleft()
+            try:
+                cancelled = await self._cancel(job_id)
+            except Exception as exc:
+                _log.warning("request metrics: cancelling a batch failed", error=repr(exc))
+                return 0
+            if cancelled:
+                self._drop_batch(size, "queue backlog (oldest batch)")
+                return 1
+            # Already taken by a worker: try the next one.
+        return 0
 
     def _drop_batch(self, size: int, reason: str) -> None:
         self.batches_dropped += 1
