@@ -6,11 +6,11 @@ of CPU), the reply sits unread in the socket while other callbacks run, and the
 timer fires before the loop gets round to reading it. A rate limiter that
 fails open on that timeout stops limiting exactly when the service is busiest.
 
-:class:`backend_deadline` fires like ``asyncio.timeout`` unless its timer ran
-late: a timer more than half the limit late means the loop was behind, so the
-deadline moves on by one more limit (the loop polls its sockets before the new
-deadline can pass), up to ``max_seconds`` in all. A backend that is really
-slow or gone still times out, after ``seconds`` on an idle loop.
+:class:`backend_deadline` does not give up the moment its timer fires: it
+first lets the loop poll its sockets once more and run what that poll woke,
+and only then expires the block if it is still waiting. A reply that was
+already there is read and its caller resumes first; a backend that is really
+slow or gone still times out, one loop turn after ``seconds``.
 """
 
 from __future__ import annotations
@@ -20,46 +20,46 @@ from types import TracebackType
 
 __all__ = ("backend_deadline",)
 
-_MIN_MAX_SECONDS = 1.0
-_MAX_FACTOR = 20
 
-
-class backend_deadline:
+class backend_deadline:  # lower case: used as asyncio.timeout is
     """``async with backend_deadline(0.05):`` raises ``TimeoutError`` when the block overruns.
 
     Args:
-        seconds: the limit on an event loop that keeps up.
-        max_seconds: the limit however far behind the loop is; by default 20
-            times ``seconds``, at least one second.
+        seconds: the limit; the block is cancelled one loop turn after it.
     """
 
-    __slots__ = ("_due", "_handle", "_loop", "_max", "_seconds", "_start", "_timeout")
+    __slots__ = ("_handle", "_loop", "_seconds", "_timeout")
 
-    def __init__(self, seconds: float, *, max_seconds: float | None = None) -> None:
+    def __init__(self, seconds: float) -> None:
         self._seconds = seconds
-        self._max = (
-            max_seconds if max_seconds is not None else max(_MIN_MAX_SECONDS, _MAX_FACTOR * seconds)
-        )
         self._timeout = asyncio.timeout(None)
-        self._handle: asyncio.TimerHandle | None = None
+        self._handle: asyncio.TimerHandle | asyncio.Handle | None = None
 
     async def __aenter__(self) -> backend_deadline:
         await self._timeout.__aenter__()
         loop = asyncio.get_running_loop()
         self._loop = loop
-        self._start = loop.time()
-        self._due = self._start + self._seconds
-        self._handle = loop.call_at(self._due, self._check)
+        self._handle = loop.call_at(loop.time() + self._seconds, self._after_limit)
         return self
 
-    def _check(self) -> None:
-        now = self._loop.time()
-        if now - self._due > self._seconds / 2 and now - self._start < self._max:
-            self._due = min(now + self._seconds, self._start + self._max)
-            self._handle = self._loop.call_at(self._due, self._check)
-            return
+    # The limit passed. The steps below hop once through the ready queue, then
+    # once through the timers, then once more through the ready queue: on
+    # asyncio's loop and on uvloop alike, that puts an I/O poll, and the
+    # callbacks it scheduled (the wake-up of a caller whose reply was waiting
+    # in the socket), before the decision.
+
+    def _after_limit(self) -> None:
+        self._handle = self._loop.call_soon(self._before_poll)
+
+    def _before_poll(self) -> None:
+        self._handle = self._loop.call_at(self._loop.time(), self._after_poll)
+
+    def _after_poll(self) -> None:
+        self._handle = self._loop.call_soon(self._expire)
+
+    def _expire(self) -> None:
         self._handle = None
-        self._timeout.reschedule(now)
+        self._timeout.reschedule(self._loop.time())
 
     async def __aexit__(
         self,
