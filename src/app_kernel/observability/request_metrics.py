@@ -97,12 +97,16 @@ def capture_query_params(query_string: bytes) -> dict[str, Any] | None:
     return params or None
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
+_CAPTURED_HEADERS = frozenset({b"cf-ipcountry", b"user-agent", b"referer"})
+
+
+def _captured_headers(scope: Scope) -> dict[bytes, str]:
+    """The first value of each captured header, in one pass over the headers."""
+    found: dict[bytes, str] = {}
     for key, value in scope["headers"]:
-        if key == name:
-            text: str = value.decode("latin-1")
-            return text
-    return None
+        if key in _CAPTURED_HEADERS and key not in found:
+            found[key] = value.decode("latin-1")
+    return found
 
 
 def _cut(text: str | None, length: int) -> str | None:
@@ -379,7 +383,8 @@ class RequestMetricsMiddleware:
         user = state.get("app_kernel_user")
         user_id = getattr(user, "id", None) if user else None
         workspace = (scope.get("path_params") or {}).get("workspace_id")
-        country = _header(scope, b"cf-ipcountry")
+        headers = _captured_headers(scope)
+        country = headers.get(b"cf-ipcountry")
         if country is not None:
             country = country.strip().upper()
             if len(country) != 2 or not country.isalpha() or not country.isascii():
@@ -400,8 +405,8 @@ class RequestMetricsMiddleware:
             "error": _error_detail(status, bytes(error_body or b"")) if status >= 400 else None,
             "latency_ms": round(latency_ms, 3),
             "client_ip": _cut(state.get("client_ip"), 64),
-            "user_agent": _cut(_header(scope, b"user-agent"), _MAX_TEXT),
-            "referer": _cut(_header(scope, b"referer"), _MAX_TEXT),
+            "user_agent": _cut(headers.get(b"user-agent"), _MAX_TEXT),
+            "referer": _cut(headers.get(b"referer"), _MAX_TEXT),
             "user_id": _cut(None if user_id is None else str(user_id), _MAX_ID),
             "workspace_id": _cut(None if workspace is None else str(workspace), _MAX_ID),
             "country": country,
