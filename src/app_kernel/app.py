@@ -10,7 +10,12 @@ from typing import Any
 from fastapi import APIRouter, FastAPI
 
 from app_kernel._runtime import set_current
-from app_kernel.auth.deps import require_admin
+from app_kernel.auth.deps import (
+    API_KEY_SCHEME_NAME,
+    BEARER_SCHEME_NAME,
+    api_key_scheme_definition,
+    require_admin,
+)
 from app_kernel.auth.routes import auth_router
 from app_kernel.errors import KernelError
 from app_kernel.jobs.registry import JobRegistry, ProcessorFunc
@@ -74,6 +79,8 @@ def init_app_kernel(
     )
     install_http_layer(app, settings)
     install_offline_docs(app)
+    login = f"{api_prefix}{settings.features.auth_prefix}/login"
+    _document_security(app, login if settings.features.enable_auth_routes else None)
     features = settings.features
     if features.enable_health_routes:
         app.include_router(
@@ -87,7 +94,6 @@ def init_app_kernel(
 
     if features.enable_auth_routes:
         app.include_router(auth_router(features), prefix=api_prefix)
-        _point_authorize_button(app, f"{api_prefix}{features.auth_prefix}/login")
     if features.enable_audit_routes:
         app.include_router(audit_router(features.audit_path, require_admin))
     if features.enable_metrics:
@@ -115,21 +121,41 @@ def init_app_kernel(
     return kernel
 
 
-def _point_authorize_button(app: FastAPI, token_url: str) -> None:
-    """Make the OpenAPI "Authorize" button post to the mounted login route."""
+def _document_security(app: FastAPI, token_url: str | None) -> None:
+    """Finish the OpenAPI document's security.
+
+    The kernel's user dependencies show up as the bearer scheme only (see
+    :mod:`app_kernel.auth.deps`); every operation listing it also accepts an
+    API key, so the ``X-API-Key`` scheme is added beside it. With the auth
+    routes mounted, the "Authorize" button posts to the real login route.
+    """
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = build()
             schemes = schema.get("components", {}).get("securitySchemes", {})
-            for scheme in schemes.values():
-                password = scheme.get("flows", {}).get("password")
-                if password is not None:
-                    password["tokenUrl"] = token_url
+            if token_url is not None:
+                for scheme in schemes.values():
+                    password = scheme.get("flows", {}).get("password")
+                    if password is not None:
+                        password["tokenUrl"] = token_url
+            if BEARER_SCHEME_NAME in schemes:
+                schemes.setdefault(API_KEY_SCHEME_NAME, api_key_scheme_definition())
+                _add_api_key_beside_bearer(schema)
         return app.openapi_schema or build()
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _add_api_key_beside_bearer(schema: dict[str, Any]) -> None:
+    bearer: dict[str, list[str]] = {BEARER_SCHEME_NAME: []}
+    api_key: dict[str, list[str]] = {API_KEY_SCHEME_NAME: []}
+    for path_item in schema.get("paths", {}).values():
+        for operation in path_item.values():
+            security = operation.get("security") if isinstance(operation, dict) else None
+            if security and bearer in security and api_key not in security:
+                security.insert(security.index(bearer) + 1, api_key)
 
 
 def create_service(

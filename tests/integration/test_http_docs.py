@@ -5,12 +5,16 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Annotated
 
 import httpx
 import pytest
-from fastapi import FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 
 from _app_factory import build_app, serve, settings_for
+from app_kernel import init_app_kernel
+from app_kernel.auth import UserIdentity, get_current_user, get_optional_user
+from app_kernel.settings import FeatureSettings
 
 _ASSET_REF = re.compile(r"""(?:src|href)="([^"]+)\"""")
 
@@ -90,3 +94,37 @@ async def test_unknown_asset_is_a_404_problem(client: httpx.AsyncClient) -> None
 async def test_asset_names_cannot_reach_other_files(client: httpx.AsyncClient) -> None:
     response = await client.get("/docs/static/..%2F..%2Fsettings.py")
     assert response.status_code == 404
+
+
+@pytest.mark.parametrize("auth_routes", [True, False])
+def test_routes_using_the_user_dependencies_list_both_credentials(
+    tmp_path: Path, auth_routes: bool
+) -> None:
+    """The bearer token and the X-API-Key header, on every route that needs a user."""
+    app = FastAPI()
+    router = APIRouter()
+
+    @router.get("/mine")
+    async def mine(user: Annotated[UserIdentity, Depends(get_current_user)]) -> str:
+        return user.id
+
+    @router.get("/maybe")
+    async def maybe(user: Annotated[UserIdentity | None, Depends(get_optional_user)]) -> bool:
+        return user is not None
+
+    @router.get("/open")
+    async def open_route() -> bool:
+        return True
+
+    app.include_router(router)
+    features = FeatureSettings(enable_auth_routes=auth_routes)
+    init_app_kernel(app, settings_for(tmp_path, features=features))
+    schema = app.openapi()
+
+    both = [{"OAuth2PasswordBearer": []}, {"APIKeyHeader": []}]
+    assert schema["paths"]["/mine"]["get"]["security"] == both
+    assert schema["paths"]["/maybe"]["get"]["security"] == both
+    assert "security" not in schema["paths"]["/open"]["get"]
+    schemes = schema["components"]["securitySchemes"]
+    assert schemes["APIKeyHeader"] == {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+    assert schemes["OAuth2PasswordBearer"]["flows"]["password"]["tokenUrl"] == "/auth/login"
