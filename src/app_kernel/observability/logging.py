@@ -9,8 +9,6 @@ credentials are replaced before anything is rendered, so a password, token or
 
 from __future__ import annotations
 
-import contextvars
-import datetime
 import functools
 import logging
 import re
@@ -20,7 +18,7 @@ from contextlib import contextmanager
 from typing import Any, Literal
 
 import structlog
-from structlog.contextvars import STRUCTLOG_KEY_PREFIX, bound_contextvars, merge_contextvars
+from structlog.contextvars import bound_contextvars, merge_contextvars
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 __all__ = (
@@ -264,50 +262,38 @@ def get_logger(name: str | None = None, **initial: Any) -> structlog.stdlib.Boun
 class HotPathLogger:
     """Info lines for code that runs on every request (the access log).
 
-    Writes the same line as ``get_logger(name).info(event, **fields)``, with
-    the bound context, level, logger name, timestamp and service, through the
-    same handler, formatter and redaction, but builds the event dict directly
-    instead of running structlog's processor chain and stdlib's caller lookup
+    Writes the same line as ``get_logger(name).info(event, **fields)``: the
+    event dict goes through the same processors that add the bound context,
+    level, logger name, timestamp and service (those the formatter runs on
+    stdlib records), then to the same handler, formatter and redaction. What
+    it skips is structlog's bound-logger machinery and stdlib's caller lookup
     (a third of the cost of a line).
     """
 
     def __init__(self, name: str) -> None:
         self.name = name
         self._logger = logging.getLogger(name)
+        self._chain = (*_shared_processors(), _add_static_fields)
 
     def info(self, event: str, **fields: Any) -> None:
         logger = self._logger
         if not logger.isEnabledFor(logging.INFO):
             return
         fields["event"] = event
-        for var, value in contextvars.copy_context().items():
-            name = var.name
-            if name.startswith(STRUCTLOG_KEY_PREFIX) and value is not Ellipsis:
-                fields.setdefault(name[_PREFIX_LENGTH:], value)
-        fields["level"] = "info"
-        fields["logger"] = self.name
-        fields["timestamp"] = _utc_now().isoformat().replace("+00:00", "Z")
-        for key, value in _static_fields.items():
-            fields.setdefault(key, value)
+        line: Any = fields
+        for processor in self._chain:
+            line = processor(logger, "info", line)
         record = logger.makeRecord(
             self.name,
             logging.INFO,
             "(hot path)",
             0,
-            fields,
+            line,
             (),
             None,
             extra={"_logger": logger, "_name": "info"},
         )
         logger.handle(record)
-
-
-_PREFIX_LENGTH = len(STRUCTLOG_KEY_PREFIX)
-_UTC = datetime.UTC
-
-
-def _utc_now() -> datetime.datetime:
-    return datetime.datetime.now(tz=_UTC)
 
 
 @contextmanager
