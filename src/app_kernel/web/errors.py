@@ -46,8 +46,7 @@ class UnhandledErrorMiddleware:
         except BackendUnavailable as exc:
             if started:
                 raise
-            _log.warning("backend unavailable", error=str(exc), path=scope.get("path"))
-            await backend_unavailable_response(scope)(scope, receive, send)
+            await backend_unavailable_response(scope, exc)(scope, receive, send)
         except Exception as exc:
             _log.exception("unhandled exception", path=scope.get("path"))
             if started:

@@ -97,12 +97,13 @@ async def backend_unavailable_handler(request: Request, exc: Exception) -> Respo
     Parts that fail closed (leases, idempotency, login throttling) raise
     ``BackendUnavailable``; the cause is logged, never sent to the client.
     """
-    _log.warning("backend unavailable", error=str(exc), path=request.url.path)
-    return backend_unavailable_response(request.scope)
+    return backend_unavailable_response(request.scope, exc)
 
 
-def backend_unavailable_response(scope: Scope) -> Response:
-    """The 503 problem for a failed backend (the cause stays in the log)."""
+def backend_unavailable_response(scope: Scope, exc: Exception) -> Response:
+    """Log ``exc`` and answer the 503 problem for a failed backend (the cause stays
+    in the log)."""
+    _log.warning("backend unavailable", error=str(exc), path=scope.get("path"))
     return problem_response(
         scope,
         503,
