@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 from pathlib import Path
 
@@ -49,7 +50,8 @@ async def test_route_of_a_validation_error_is_still_the_template(app: FastAPI) -
 
 
 async def test_access_log_can_be_turned_off(tmp_path: Path) -> None:
-    app = build_app(settings_for(tmp_path, observability=ObservabilitySettings(access_log=False)))
+    settings = settings_for(tmp_path, observability=ObservabilitySettings(access_log=False))
+    app = await asyncio.to_thread(build_app, settings)
     log = io.StringIO()
     async with serve(app, log_stream=log) as client:
         response = await client.get("/api/v1/items/1")

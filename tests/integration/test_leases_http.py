@@ -236,7 +236,7 @@ async def test_a_lease_backend_outage_is_a_503(tmp_path: Path) -> None:
     )
     application = FastAPI()
     application.include_router(_router(Probe()))
-    init_app_kernel(application, settings)
+    await asyncio.to_thread(init_app_kernel, application, settings)
     async with application.router.lifespan_context(application):
         transport = httpx.ASGITransport(app=application)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:

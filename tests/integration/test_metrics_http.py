@@ -152,12 +152,13 @@ class TestInternalProtection:
 
 class TestNoProtection:
     async def test_public(self, tmp_path: Path) -> None:
-        app = build_app(settings_for(tmp_path, features=PUBLIC))
+        app = await asyncio.to_thread(build_app, settings_for(tmp_path, features=PUBLIC))
         async with running(app), client(app, "198.18.0.1") as http:
             await scrape(http)
 
     async def test_disabled(self, tmp_path: Path) -> None:
-        app = build_app(settings_for(tmp_path, features=FeatureSettings(enable_metrics=False)))
+        settings = settings_for(tmp_path, features=FeatureSettings(enable_metrics=False))
+        app = await asyncio.to_thread(build_app, settings)
         async with running(app), client(app) as http:
             assert (await http.get("/metrics")).status_code == 404
 
@@ -216,7 +217,8 @@ class TestHttpMetrics:
 
     async def test_series_cap_drops_and_counts(self, tmp_path: Path) -> None:
         observability = ObservabilitySettings(metrics_max_series_per_metric=2)
-        app = build_app(settings_for(tmp_path, features=PUBLIC, observability=observability))
+        settings = settings_for(tmp_path, features=PUBLIC, observability=observability)
+        app = await asyncio.to_thread(build_app, settings)
         async with serve(app) as http:
             await http.get("/api/v1/items/1")
             await http.get("/api/v1/teapot")
@@ -242,7 +244,8 @@ class TestAppMetrics:
 
         app = FastAPI()
         app.include_router(router)
-        kernel = init_app_kernel(app, settings_for(tmp_path, features=PUBLIC))
+        settings = settings_for(tmp_path, features=PUBLIC)
+        kernel = await asyncio.to_thread(init_app_kernel, app, settings)
         assert isinstance(kernel, Kernel)
         async with serve(app) as http:
             await http.post("/orders")
