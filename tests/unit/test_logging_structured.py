@@ -247,6 +247,61 @@ def test_other_handlers_see_the_record_unchanged(stream: io.StringIO) -> None:
     assert record.msg["password"] == "hunter2"  # redacted in the kernel's copy only
 
 
+def test_hot_path_lines_reach_other_handlers_and_filters(stream: io.StringIO) -> None:
+    """With another handler, or a filter on the way, the line goes through a LogRecord."""
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    hot = HotPathLogger("app_kernel.access")
+    keep = Keep()
+    logging.getLogger().addHandler(keep)
+    try:
+        hot.info("request", status=200)
+    finally:
+        logging.getLogger().removeHandler(keep)
+    [record] = seen
+    assert isinstance(record.msg, dict)
+    assert record.msg["status"] == 200
+
+    def drop_404(record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, dict) and record.msg.get("status") == 404)
+
+    access = logging.getLogger("app_kernel.access")
+    access.addFilter(drop_404)
+    try:
+        hot.info("request", status=404)
+        hot.info("request", status=201)
+    finally:
+        access.removeFilter(drop_404)
+    assert [line["status"] for line in _lines(stream)] == [200, 201]
+
+
+def test_request_and_trace_ids_come_from_the_kernel_context(stream: io.StringIO) -> None:
+    """Lines written while a request is served carry its ids; an explicit field wins."""
+    from app_kernel.observability.context import request_id
+    from app_kernel.observability.tracing import reset_trace_id, set_trace_id
+
+    id_token = request_id.set("r-42")
+    trace_token = set_trace_id("ab" * 16)
+    try:
+        get_logger().info("inside")
+        HotPathLogger("app_kernel.access").info("request")
+        get_logger().info("explicit", request_id="mine")
+    finally:
+        reset_trace_id(trace_token)
+        request_id.reset(id_token)
+    get_logger().info("outside")
+    inside, hot, explicit, outside = _lines(stream)
+    assert (inside["request_id"], inside["trace_id"]) == ("r-42", "ab" * 16)
+    assert (hot["request_id"], hot["trace_id"]) == ("r-42", "ab" * 16)
+    assert explicit["request_id"] == "mine"
+    assert "request_id" not in outside
+    assert "trace_id" not in outside
+
+
 def test_reconfiguring_applies_to_loggers_already_used() -> None:
     """A logger used under one configuration follows the next one (its service name)."""
     log = get_logger("reconfigured")

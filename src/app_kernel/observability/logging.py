@@ -21,6 +21,9 @@ import structlog
 from structlog.contextvars import bound_contextvars, merge_contextvars
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from app_kernel.observability.context import current_request_id
+from app_kernel.observability.tracing import current_trace_id
+
 __all__ = (
     "REDACTED",
     "HotPathLogger",
@@ -168,16 +171,90 @@ class _Formatter(structlog.stdlib.ProcessorFormatter):
             or "stack_info" in event
         ):
             return super().format(record)
-        logger = getattr(record, "_logger", None)
-        rendered: Any = event.copy()
+        return self.render(getattr(record, "_logger", None), name, event.copy())
+
+    def render(self, logger: Any, method_name: str, event: EventDict) -> str:
+        """Run redaction and the renderer over ``event`` (which they may change)."""
+        rendered: Any = event
         for processor in self._direct:
-            rendered = processor(logger, name, rendered)
+            rendered = processor(logger, method_name, rendered)
         return str(rendered)
+
+
+class _KernelHandler(logging.StreamHandler[Any]):
+    """The kernel's stream handler; writes hot-path lines without a ``LogRecord``."""
+
+    def write_event(self, logger: logging.Logger, event: EventDict) -> bool:
+        """Render and write ``event`` as an INFO line of ``logger``, as :meth:`emit` would.
+
+        Returns False (nothing written) when a filter or a foreign formatter is
+        set on this handler, so the caller must take the ``LogRecord`` path.
+        """
+        formatter = self.formatter
+        if self.filters or type(formatter) is not _Formatter or self.level > logging.INFO:
+            return False
+        try:
+            line = formatter.render(logger, "info", event) + self.terminator
+            with self.lock:  # type: ignore[union-attr]  # created in Handler.__init__
+                self.stream.write(line)
+                self.flush()
+        except Exception:  # as emit(): report and go on
+            self.handleError(_record_for(logger, event))
+        return True
+
+
+def _record_for(logger: logging.Logger, event: EventDict) -> logging.LogRecord:
+    return logger.makeRecord(
+        logger.name,
+        logging.INFO,
+        "(hot path)",
+        0,
+        event,
+        (),
+        None,
+        extra={"_logger": logger, "_name": "info"},
+    )
+
+
+def _only_kernel_handler(logger: logging.Logger) -> _KernelHandler | None:
+    """The kernel's handler when it is the one place a line of ``logger`` goes.
+
+    That is: no logger from ``logger`` up to the root filters records or holds
+    a handler of its own, and the root holds the kernel's handler alone.
+    """
+    current: logging.Logger | None = logger
+    root = logging.root
+    while current is not None and current is not root:
+        if current.filters or current.handlers:
+            return None
+        if not current.propagate:
+            return None
+        current = current.parent
+    if root.filters or len(root.handlers) != 1:
+        return None
+    handler = root.handlers[0]
+    return handler if type(handler) is _KernelHandler else None
+
+
+def _add_request_context(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """Add the request id and trace id of the request or job being served.
+
+    They live in the kernel's own contextvars (set once per request or job), so
+    serving a request costs no structlog binding; a field bound explicitly wins.
+    """
+    rid = current_request_id()
+    if rid is not None:
+        event_dict.setdefault("request_id", rid)
+    trace_id = current_trace_id()
+    if trace_id is not None:
+        event_dict.setdefault("trace_id", trace_id)
+    return event_dict
 
 
 def _shared_processors() -> list[Processor]:
     return [
         merge_contextvars,
+        _add_request_context,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -221,7 +298,7 @@ def configure_logging(
             renderer,
         ],
     )
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = _KernelHandler(stream or sys.stderr)
     handler.setFormatter(formatter)
     handler.set_name("app_kernel")
 
@@ -266,8 +343,10 @@ class HotPathLogger:
     event dict goes through the same processors that add the bound context,
     level, logger name, timestamp and service (those the formatter runs on
     stdlib records), then to the same handler, formatter and redaction. What
-    it skips is structlog's bound-logger machinery and stdlib's caller lookup
-    (a third of the cost of a line).
+    it skips is structlog's bound-logger machinery and, when the kernel's
+    handler is the only place the line can go (no other handler or filter on
+    the way), the ``LogRecord`` and stdlib's dispatch too: then the line is
+    rendered and written straight to the handler's stream, under its lock.
     """
 
     def __init__(self, name: str) -> None:
@@ -283,17 +362,9 @@ class HotPathLogger:
         line: Any = fields
         for processor in self._chain:
             line = processor(logger, "info", line)
-        record = logger.makeRecord(
-            self.name,
-            logging.INFO,
-            "(hot path)",
-            0,
-            line,
-            (),
-            None,
-            extra={"_logger": logger, "_name": "info"},
-        )
-        logger.handle(record)
+        handler = _only_kernel_handler(logger)
+        if handler is None or not handler.write_event(logger, line):
+            logger.handle(_record_for(logger, line))
 
 
 @contextmanager

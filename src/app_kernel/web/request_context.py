@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
-import uuid
-
-from structlog.contextvars import bind_contextvars, reset_contextvars
 
 from app_kernel.observability.context import request_client_ip, request_id
 from app_kernel.observability.logging import HotPathLogger
@@ -18,6 +16,7 @@ __all__ = ("RequestContextMiddleware", "route_template")
 
 _VALID_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _access_log = HotPathLogger("app_kernel.access")
+_ROUTE_KEY = "app_kernel_route"
 
 
 def route_template(scope: Scope) -> str:
@@ -30,6 +29,20 @@ def route_template(scope: Scope) -> str:
     put back whatever prefix the real path has in front of it.
     """
     route = scope.get("route")
+    if route is None:
+        return "__unmatched__"
+    # Asked by the access line and both metrics layers: worked out once per request.
+    state = scope.get("state")
+    cached = state.get(_ROUTE_KEY) if state is not None else None
+    if cached is not None and cached[0] is route:
+        return str(cached[1])
+    template = _template_of(route, scope)
+    if state is not None:
+        state[_ROUTE_KEY] = (route, template)
+    return template
+
+
+def _template_of(route: object, scope: Scope) -> str:
     template = getattr(route, "path_format", None) or getattr(route, "path", None)
     if not isinstance(template, str):
         return "__unmatched__"
@@ -74,7 +87,7 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        rid = _incoming_id(scope) or uuid.uuid4().hex
+        rid = _incoming_id(scope) or os.urandom(16).hex()
         client_ip = self.client_ip(scope)
         state = scope.setdefault("state", {})
         state["request_id"] = rid
@@ -94,7 +107,6 @@ class RequestContextMiddleware:
         ip_token = request_client_ip.set(client_ip)
         trace_id = trace_id_of(scope)
         trace_token = set_trace_id(trace_id)
-        log_tokens = bind_contextvars(request_id=rid, trace_id=trace_id)
         try:
             await self.app(scope, receive, send_with_id)
         finally:
@@ -106,7 +118,6 @@ class RequestContextMiddleware:
                     status=status,
                     duration_ms=round((time.perf_counter() - started) * 1000, 2),
                 )
-            reset_contextvars(**log_tokens)
             reset_trace_id(trace_token)
             request_client_ip.reset(ip_token)
             request_id.reset(id_token)
