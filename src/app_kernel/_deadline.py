@@ -24,21 +24,30 @@ __all__ = ("backend_deadline",)
 class backend_deadline:  # lower case: used as asyncio.timeout is
     """``async with backend_deadline(0.05):`` raises ``TimeoutError`` when the block overruns.
 
+    It cancels the task the way ``asyncio.timeout`` does (and turns that
+    cancellation, and only that one, into ``TimeoutError``), with one timer
+    handle per block: it runs around every Redis call of a request.
+
     Args:
         seconds: the limit; the block is cancelled one loop turn after it.
     """
 
-    __slots__ = ("_handle", "_loop", "_seconds", "_timeout")
+    __slots__ = ("_cancelling", "_expired", "_handle", "_loop", "_seconds", "_task")
 
     def __init__(self, seconds: float) -> None:
         self._seconds = seconds
-        self._timeout = asyncio.timeout(None)
         self._handle: asyncio.TimerHandle | asyncio.Handle | None = None
+        self._expired = False
 
     async def __aenter__(self) -> backend_deadline:
-        await self._timeout.__aenter__()
         loop = asyncio.get_running_loop()
+        task = asyncio.current_task(loop)
+        if task is None:
+            msg = "backend_deadline must be used inside a task"
+            raise RuntimeError(msg)
         self._loop = loop
+        self._task = task
+        self._cancelling = task.cancelling()
         self._handle = loop.call_at(loop.time() + self._seconds, self._after_limit)
         return self
 
@@ -59,7 +68,8 @@ class backend_deadline:  # lower case: used as asyncio.timeout is
 
     def _expire(self) -> None:
         self._handle = None
-        self._timeout.reschedule(self._loop.time())
+        self._expired = True
+        self._task.cancel()
 
     async def __aexit__(
         self,
@@ -70,8 +80,15 @@ class backend_deadline:  # lower case: used as asyncio.timeout is
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
-        await self._timeout.__aexit__(exc_type, exc, tb)
+        # As asyncio.timeout: only a cancellation this block asked for, and
+        # not also asked for by someone else, becomes TimeoutError.
+        if (
+            self._expired
+            and self._task.uncancel() <= self._cancelling
+            and exc_type is asyncio.CancelledError
+        ):
+            raise TimeoutError from exc
 
     def expired(self) -> bool:
         """True once the limit passed (the block was cancelled or is about to be)."""
-        return self._timeout.expired()
+        return self._expired

@@ -11,6 +11,7 @@ accuracy.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
@@ -39,10 +40,13 @@ _log = get_logger("app_kernel.ratelimit")
 _known_windows_ms: set[int] = set()
 
 
+@functools.lru_cache(maxsize=16_384)
 def identifier_key(identifier: str | bytes) -> str:
     """The backend key of ``identifier``: 32 hex digits of its SHA-256.
 
     Empty, huge or binary identifiers all become a key of the same bounded size.
+    The last 16 384 answers are kept: the same callers come back request after
+    request.
     """
     if isinstance(identifier, bytes):
         raw = identifier
@@ -94,6 +98,7 @@ class RateLimiter:
     ) -> None:
         self._backend = backend
         self._settings = settings
+        self._default_limits: tuple[Limit, ...] | None = None
         self.backend_failures = 0
         """Checks the backend failed or timed out on (let through or refused by policy)."""
         self.shadow_refusals = 0
@@ -118,6 +123,9 @@ class RateLimiter:
     def _limits(
         self, limit: int | None, window: float | None, also: Iterable[tuple[int, float]]
     ) -> tuple[Limit, ...]:
+        default = limit is None and window is None and also == ()
+        if default and self._default_limits is not None:
+            return self._default_limits  # settings are frozen
         settings = self.settings
         limits = (
             Limit(
@@ -127,6 +135,8 @@ class RateLimiter:
             *(Limit(requests, seconds) for requests, seconds in also),
         )
         _known_windows_ms.update(item.window_ms for item in limits)
+        if default:
+            self._default_limits = limits
         return limits
 
     @staticmethod

@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 __all__ = ("RedisRateLimitBackend",)
 
 _AREA = "ratelimit"
+# Call plans kept per backend; the cache starts over when full.
+_MAX_PLANS = 16_384
 # Read once at import, not on the event loop.
 _HIT = LuaScript(
     resources.files("app_kernel.reliability.backends")
@@ -62,19 +64,35 @@ class RedisRateLimitBackend:
         # Log members only need to be unique per key: process token + counter.
         self._member_prefix = os.urandom(6).hex()
         self._seq = itertools.count()
+        # (key, limits, threshold) -> the call's Redis keys and per-limit arguments.
+        self._plans: dict[tuple[str, tuple[Limit, ...], int], tuple[list[str], list[Any]]] = {}
 
     def _key(self, tag: str, limit: Limit, exact_threshold: int) -> str:
         mode = "z" if limit.is_exact(exact_threshold) else "c"
         return self._keys.key(_AREA, tag, mode, str(limit.window_ms))
 
+    def _plan(
+        self, key: str, limits: tuple[Limit, ...], exact_threshold: int
+    ) -> tuple[list[str], list[Any]]:
+        """The Redis keys and the per-limit script arguments of a call, kept for reuse."""
+        plan_key = (key, limits, exact_threshold)
+        plan = self._plans.get(plan_key)
+        if plan is None:
+            if len(self._plans) >= _MAX_PLANS:
+                self._plans.clear()
+            limit_args: list[Any] = []
+            for limit in limits:
+                mode = "z" if limit.is_exact(exact_threshold) else "c"
+                limit_args += [limit.requests, limit.window_ms, mode]
+            plan = ([self._key(key, limit, exact_threshold) for limit in limits], limit_args)
+            self._plans[plan_key] = plan
+        return plan
+
     async def _call(
         self, key: str, limits: tuple[Limit, ...], exact_threshold: int, *, record: bool
     ) -> tuple[LimitState, ...]:
-        redis_keys = [self._key(key, limit, exact_threshold) for limit in limits]
-        args: list[Any] = [f"{self._member_prefix}{next(self._seq)}", 1 if record else 0]
-        for limit in limits:
-            mode = "z" if limit.is_exact(exact_threshold) else "c"
-            args += [limit.requests, limit.window_ms, mode]
+        redis_keys, limit_args = self._plan(key, limits, exact_threshold)
+        args = [f"{self._member_prefix}{next(self._seq)}", 1 if record else 0, *limit_args]
         try:
             # EVALSHA; after a flushed script cache, loads the script and retries once.
             reply = await self._mux.evalsha(_HIT, redis_keys, args)
