@@ -8,7 +8,8 @@ Outermost first, as a request meets them:
    :class:`HttpMetricsMiddleware` (with ``enable_metrics``) sits just inside
    it, so every request, errors included, is counted and timed.
 2. :class:`SecurityHeadersMiddleware`: headers on every response.
-3. Starlette's ``CORSMiddleware``: preflights and CORS headers. Outside the
+3. :class:`~app_kernel.web.cors.KernelCORSMiddleware` (Starlette's, with a
+   short path without Origin): preflights and CORS headers. Outside the
    error handling, so that a 500 still carries CORS headers and a browser
    shows the problem rather than an opaque network error.
 4. :class:`UnhandledErrorMiddleware`: an exception nobody handled becomes a
@@ -26,7 +27,6 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
-from starlette.middleware.cors import CORSMiddleware
 
 from app_kernel._runtime import kernel_of_app
 from app_kernel.errors import BackendUnavailable
@@ -38,6 +38,7 @@ from app_kernel.reliability.ratelimit_middleware import (
 from app_kernel.settings import KernelSettings
 from app_kernel.web.body_limit import BodyLimitMiddleware
 from app_kernel.web.client_ip import ClientIpResolver
+from app_kernel.web.cors import KernelCORSMiddleware
 from app_kernel.web.errors import UnhandledErrorMiddleware
 from app_kernel.web.hosts import AllowedHostsMiddleware
 from app_kernel.web.metrics_middleware import HttpMetricsMiddleware
@@ -65,7 +66,7 @@ def install_http_layer(app: FastAPI, settings: KernelSettings) -> None:
     app.add_middleware(AllowedHostsMiddleware, allowed_hosts=http.allowed_hosts)
     app.add_middleware(UnhandledErrorMiddleware, debug=settings.debug)
     app.add_middleware(
-        CORSMiddleware,
+        KernelCORSMiddleware,
         allow_origins=list(http.cors_origins),
         allow_credentials=http.cors_allow_credentials,
         allow_methods=["*"],
