@@ -43,6 +43,9 @@ if TYPE_CHECKING:
 
 __all__ = ("AuditHook", "AuthService", "RegistrationError", "TokenPair")
 
+# Token identities kept per process; the cache starts over when full.
+_MAX_TOKEN_IDENTITIES = 10_000
+
 _log = get_logger("app_kernel.auth")
 IsAdmin = Callable[[Mapping[str, Any]], bool]
 
@@ -129,6 +132,9 @@ class AuthService:
         )
         self._families: TtlCache[str, str | None] = TtlCache(settings.revocation_cache_seconds)
         self._key_owners: TtlCache[str, bool] = TtlCache(settings.revocation_cache_seconds)
+        # Identities built from access tokens, by (sub, email, role): a frozen
+        # model is the same answer for every request of one token holder.
+        self._token_identities: dict[tuple[str, str, str], UserIdentity] = {}
         self.family_ttl_seconds = settings.refresh_family_max_days * 86400
 
     # -- identifying callers -------------------------------------------------
@@ -157,12 +163,14 @@ class AuthService:
         except InvalidTokenError:
             raise AuthError.invalid() from None
         await self._check_revocation(payload)
-        return UserIdentity(
-            id=payload.sub,
-            email=payload.email or "",
-            role=payload.role or "user",
-            auth_method="token",
-        )
+        key = (payload.sub, payload.email or "", payload.role or "user")
+        identity = self._token_identities.get(key)
+        if identity is None:
+            if len(self._token_identities) >= _MAX_TOKEN_IDENTITIES:
+                self._token_identities.clear()
+            identity = UserIdentity(id=key[0], email=key[1], role=key[2], auth_method="token")
+            self._token_identities[key] = identity
+        return identity
 
     async def _check_revocation(self, payload: TokenPayload) -> None:
         # The active flag comes first: a deactivated user's valid token is 403, not 401.

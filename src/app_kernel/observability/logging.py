@@ -114,22 +114,35 @@ def _scrub(value: Any, depth: int = 0) -> Any:
     return value
 
 
+@functools.lru_cache(maxsize=1024)
+def _secret_keys(keys: tuple[str, ...]) -> frozenset[str]:
+    """Which of ``keys`` hold credentials (a logger writes the same key set again and again)."""
+    return frozenset(key for key in keys if is_secret_key(key))
+
+
+_PLAIN = (int, float, bool, type(None))
+
+
 def redact_secrets(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
     """structlog processor: hide values of credential-like keys and in-text secrets."""
     del logger, method_name
+    secret = _secret_keys(tuple(event_dict))
     texts: list[str] = []
-    for key, value in list(event_dict.items()):
-        if is_secret_key(key):
+    for key, value in event_dict.items():  # values are replaced, never added or removed
+        kind = type(value)
+        if key in secret:
             event_dict[key] = REDACTED
-        elif type(value) is str:
+        elif kind is str:
             texts.append(value)
+        elif kind in _PLAIN:
+            continue
         elif key in ("event", "exception") or isinstance(value, str | Mapping | list | tuple):
             event_dict[key] = _scrub(value)
     # One search over every plain string (the separator is whitespace, so no
     # pattern can match across two values); most lines hold no secret at all.
     if texts and _may_hold_secret("\n".join(texts)):
         for key, value in event_dict.items():
-            if type(value) is str:
+            if type(value) is str and key not in secret:
                 event_dict[key] = scrub_text(value)
     return event_dict
 

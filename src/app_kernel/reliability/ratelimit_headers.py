@@ -12,10 +12,11 @@ one header each. ``Retry-After`` is delta seconds, never earlier than ``t``.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
-from app_kernel.reliability.backends.base import LimitState, RateLimitResult
+from app_kernel.reliability.backends.base import RateLimitResult
 
 __all__ = ("merge_header", "rate_limit_headers", "retry_after")
 
@@ -34,13 +35,15 @@ def rate_limit_headers(names: Sequence[str], result: RateLimitResult) -> dict[st
     policies: list[str] = []
     limits: list[str] = []
     for name, state in zip(names, result.states, strict=True):
-        policies.append(_policy(name, state))
+        policies.append(_policy(name, state.limit.requests, state.limit.window_seconds))
         limits.append(f'"{name}";r={state.remaining};t={_seconds(state.reset_seconds)}')
     return {"RateLimit-Policy": ", ".join(policies), "RateLimit": ", ".join(limits)}
 
 
-def _policy(name: str, state: LimitState) -> str:
-    return f'"{name}";q={state.limit.requests};w={_seconds(state.limit.window_seconds)}'
+@functools.lru_cache(maxsize=1024)
+def _policy(name: str, requests: int, window_seconds: float) -> str:
+    """One ``RateLimit-Policy`` member (the same for every hit of a limit)."""
+    return f'"{name}";q={requests};w={_seconds(window_seconds)}'
 
 
 def retry_after(result: RateLimitResult) -> str:

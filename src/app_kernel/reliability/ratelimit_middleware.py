@@ -118,6 +118,10 @@ def _merged(
     headers: list[tuple[bytes, bytes]], policy: bytes, limit: bytes
 ) -> list[tuple[bytes, bytes]]:
     """``headers`` with the global policy first in one RateLimit(-Policy) field each."""
+    if not any(name.lower().startswith(b"ratelimit") for name, _ in headers):
+        headers.append((b"ratelimit-policy", policy))
+        headers.append((b"ratelimit", limit))
+        return headers
     found: dict[bytes, str | None] = {b"ratelimit-policy": None, b"ratelimit": None}
     kept: list[tuple[bytes, bytes]] = []
     for name, value in headers:
