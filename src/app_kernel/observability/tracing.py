@@ -53,9 +53,14 @@ def new_trace_id() -> str:
 
 def trace_id_of(scope: Scope) -> str:
     """The trace id of the request's valid ``traceparent``, or a new one."""
-    values = [value for name, value in scope["headers"] if name == b"traceparent"]
-    if len(values) == 1:
-        trace_id = parse_traceparent(values[0].decode("latin-1"))
+    found: bytes | None = None
+    for name, value in scope["headers"]:
+        if name == b"traceparent":
+            if found is not None:
+                return new_trace_id()  # given twice: ignored
+            found = value
+    if found is not None:
+        trace_id = parse_traceparent(found.decode("latin-1"))
         if trace_id is not None:
             return trace_id
     return new_trace_id()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from app_kernel.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ("API_CSP", "SecurityHeadersMiddleware")
@@ -16,6 +18,10 @@ _ALWAYS: tuple[tuple[bytes, bytes], ...] = (
     (b"cross-origin-resource-policy", b"same-origin"),
     (b"permissions-policy", b"camera=(), microphone=(), geolocation=(), payment=(), usb=()"),
 )
+_CSP = (b"content-security-policy", API_CSP.encode())
+# What a response that set none of these headers itself gets (the usual case).
+_DEFAULT = (*_ALWAYS, _CSP)
+_OURS = frozenset(name for name, _ in (*_DEFAULT, _HSTS))
 
 
 class SecurityHeadersMiddleware:
@@ -37,14 +43,22 @@ class SecurityHeadersMiddleware:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = list(message.get("headers", ()))
-                present = {name.lower() for name, _ in headers}
-                headers.extend(h for h in _ALWAYS if h[0] not in present)
-                if b"content-security-policy" not in present:
-                    headers.append((b"content-security-policy", API_CSP.encode()))
-                if https and _HSTS[0] not in present:
-                    headers.append(_HSTS)
-                message["headers"] = headers
+                message["headers"] = _with_security_headers(message.get("headers", ()), https)
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+def _with_security_headers(
+    headers: Iterable[tuple[bytes, bytes]], https: bool
+) -> list[tuple[bytes, bytes]]:
+    """``headers`` plus each of the kernel's headers the response did not set itself."""
+    headers = list(headers)
+    present = {name.lower() for name, _ in headers}
+    if present.isdisjoint(_OURS):
+        headers.extend(_DEFAULT)
+    else:
+        headers.extend(h for h in _DEFAULT if h[0] not in present)
+    if https and _HSTS[0] not in present:
+        headers.append(_HSTS)
+    return headers
