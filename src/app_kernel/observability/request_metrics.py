@@ -1,6 +1,6 @@
 """Request metrics: one record per HTTP request, stored in the background.
 
-:class:`RequestMetricsMiddleware` (pure ASGI, just inside the request-context
+:class:`RequestMetricsObserver` (told of each request by the request-context
 middleware) captures, after each response, the spec's fields: method, path,
 route template, query parameters (credential values redacted), request id,
 status, error detail, server latency, real client IP, user agent, referer,
@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -36,13 +35,14 @@ from app_kernel.observability.logging import REDACTED, get_logger, is_secret_key
 
 if TYPE_CHECKING:
     from app_kernel.observability.metrics import Metrics
+    from app_kernel.observability.request_outcome import RequestOutcome
     from app_kernel.settings import RequestMetricsSettings
-    from app_kernel.types import ASGIApp, Message, Receive, Scope, Send
+    from app_kernel.types import Scope
 
 __all__ = (
     "BATCH_PRIORITY",
     "RequestMetricsBuffer",
-    "RequestMetricsMiddleware",
+    "RequestMetricsObserver",
     "RequestMetricsRecorder",
     "capture_query_params",
 )
@@ -60,7 +60,6 @@ _MAX_ID = 255
 _MAX_PARAMS = 50
 _MAX_PARAM_KEY = 128
 _MAX_PARAM_VALUE = 256
-_MAX_ERROR_BODY = 16 * 1024
 # Query keys whose values are redacted on top of the logging module's credential words.
 _EXTRA_SECRET_PARTS = frozenset({"key", "code", "sig", "auth", "otp", "session", "sid"})
 _log = get_logger("app_kernel.request_metrics")
@@ -309,25 +308,26 @@ RouteOf = Callable[["Scope"], str]
 RecorderOf = Callable[["Scope"], RequestMetricsRecorder]
 
 
-class RequestMetricsMiddleware:
+class RequestMetricsObserver:
     """Capture one record per HTTP request into the app kernel's recorder.
 
+    A :class:`~app_kernel.observability.request_outcome.RequestObserver`.
+
     Args:
-        app: the next ASGI app.
         recorder_of: finds the recorder for a request's scope (the app's kernel's).
         route_of: the matched route's template for a scope.
         exclude_paths: paths not recorded (that path or anything below it).
     """
 
+    wants_error_body = True
+
     def __init__(
         self,
-        app: ASGIApp,
         *,
         recorder_of: RecorderOf,
         route_of: RouteOf,
         exclude_paths: tuple[str, ...] = (),
     ) -> None:
-        self.app = app
         self.recorder_of = recorder_of
         self.route_of = route_of
         self.exact = frozenset(p.rstrip("/") or "/" for p in exclude_paths)
@@ -336,39 +336,22 @@ class RequestMetricsMiddleware:
     def excluded(self, path: str) -> bool:
         return path in self.exact or path.startswith(self.prefixes)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self.excluded(scope["path"]):
-            await self.app(scope, receive, send)
+    def started(self, scope: Scope) -> None:
+        """Nothing to do before the response."""
+
+    def finished(self, scope: Scope, outcome: RequestOutcome) -> None:
+        if self.excluded(scope["path"]):
             return
-        started = time.perf_counter()
-        stamp = time.time()
-        status = 500
-        error_body: bytearray | None = None
-
-        async def send_and_note(message: Message) -> None:
-            nonlocal status, error_body
-            kind = message["type"]
-            if kind == "http.response.start":
-                status = message["status"]
-                if status >= 400:
-                    for key, value in message.get("headers", ()):
-                        if key.lower() == b"content-type" and b"json" in value.lower():
-                            error_body = bytearray()
-                            break
-            elif kind == "http.response.body" and error_body is not None:
-                room = _MAX_ERROR_BODY - len(error_body)
-                if room > 0:
-                    error_body += message.get("body", b"")[:room]
-            await send(message)
-
         try:
-            await self.app(scope, receive, send_and_note)
-        finally:
-            latency_ms = (time.perf_counter() - started) * 1000.0
-            try:
-                self._record(scope, stamp, status, latency_ms, error_body)
-            except Exception as exc:
-                _log.warning("request metrics: capture failed", error=repr(exc))
+            self._record(
+                scope,
+                outcome.started_at,
+                outcome.status,
+                outcome.seconds * 1000.0,
+                outcome.error_body,
+            )
+        except Exception as exc:
+            _log.warning("request metrics: capture failed", error=repr(exc))
 
     def _record(
         self,
@@ -376,7 +359,7 @@ class RequestMetricsMiddleware:
         stamp: float,
         status: int,
         latency_ms: float,
-        error_body: bytearray | None,
+        error_body: bytes | None,
     ) -> None:
         recorder = self.recorder_of(scope)
         state = scope.get("state") or {}
@@ -402,7 +385,7 @@ class RequestMetricsMiddleware:
             "query_params": capture_query_params(scope.get("query_string", b"")),
             "request_id": _cut(state.get("request_id"), _MAX_ID),
             "status_code": status,
-            "error": _error_detail(status, bytes(error_body or b"")) if status >= 400 else None,
+            "error": _error_detail(status, error_body) if status >= 400 else None,
             "latency_ms": round(latency_ms, 3),
             "client_ip": _cut(state.get("client_ip"), 64),
             "user_agent": _cut(headers.get(b"user-agent"), _MAX_TEXT),

@@ -1,13 +1,19 @@
-"""Request id, per-request log context and the access log line."""
+"""Request id, per-request log context, the access log line and the request observers."""
 
 from __future__ import annotations
 
 import os
 import re
 import time
+from collections.abc import Iterable, Sequence
 
 from app_kernel.observability.context import request_client_ip, request_id
-from app_kernel.observability.logging import HotPathLogger
+from app_kernel.observability.logging import HotPathLogger, get_logger
+from app_kernel.observability.request_outcome import (
+    MAX_ERROR_BODY,
+    RequestObserver,
+    RequestOutcome,
+)
 from app_kernel.observability.tracing import reset_trace_id, set_trace_id, trace_id_of
 from app_kernel.types import ASGIApp, Message, Receive, Scope, Send
 from app_kernel.web.client_ip import ClientIpResolver
@@ -16,6 +22,7 @@ __all__ = ("RequestContextMiddleware", "route_template")
 
 _VALID_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _access_log = HotPathLogger("app_kernel.access")
+_log = get_logger("app_kernel.web")
 _ROUTE_KEY = "app_kernel_route"
 
 
@@ -74,14 +81,24 @@ class RequestContextMiddleware:
     reused; anything else is replaced by a fresh id, so a client cannot inject
     text into logs through it. The client IP is resolved once here, by the
     trusted-proxy rule, for every later part of the kernel.
+
+    ``observers`` (HTTP metrics, request metrics) are told when each request
+    starts and how it ended, from this one layer.
     """
 
     def __init__(
-        self, app: ASGIApp, *, client_ip: ClientIpResolver, access_log: bool = True
+        self,
+        app: ASGIApp,
+        *,
+        client_ip: ClientIpResolver,
+        access_log: bool = True,
+        observers: Sequence[RequestObserver] = (),
     ) -> None:
         self.app = app
         self.client_ip = client_ip
         self.access_log = access_log
+        self.observers = tuple(observers)
+        self.keep_error_body = any(observer.wants_error_body for observer in self.observers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -93,31 +110,73 @@ class RequestContextMiddleware:
         state["request_id"] = rid
         state["client_ip"] = client_ip
         header = (b"x-request-id", rid.encode("latin-1"))
+        keep_error_body = self.keep_error_body
         status = 500
-        started = time.perf_counter()
+        error_body: bytearray | None = None
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
+            nonlocal status, error_body
+            kind = message["type"]
+            if kind == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", ()), header]
+                headers = message.get("headers", ())
+                if keep_error_body and status >= 400 and _is_json(headers):
+                    error_body = bytearray()
+                message["headers"] = [*headers, header]
+            elif error_body is not None and kind == "http.response.body":
+                room = MAX_ERROR_BODY - len(error_body)
+                if room > 0:
+                    error_body += message.get("body", b"")[:room]
             await send(message)
 
         id_token = request_id.set(rid)
         ip_token = request_client_ip.set(client_ip)
-        trace_id = trace_id_of(scope)
-        trace_token = set_trace_id(trace_id)
+        trace_token = set_trace_id(trace_id_of(scope))
+        observers = self.observers
+        started_at = time.time()
+        started = time.perf_counter()
         try:
+            for observer in observers:
+                try:
+                    observer.started(scope)
+                except Exception as exc:
+                    _observer_failed(observer, exc)
             await self.app(scope, receive, send_with_id)
         finally:
+            seconds = time.perf_counter() - started
+            if observers:
+                outcome = RequestOutcome(
+                    status, seconds, started_at, None if error_body is None else bytes(error_body)
+                )
+                _tell(observers, scope, outcome)
             if self.access_log:
                 _access_log.info(
                     "request",
                     method=scope["method"],
                     route=route_template(scope),
                     status=status,
-                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                    duration_ms=round(seconds * 1000, 2),
                 )
             reset_trace_id(trace_token)
             request_client_ip.reset(ip_token)
             request_id.reset(id_token)
+
+
+def _is_json(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    for name, value in headers:
+        if name.lower() == b"content-type":
+            return b"json" in value.lower()
+    return False
+
+
+def _tell(observers: Sequence[RequestObserver], scope: Scope, outcome: RequestOutcome) -> None:
+    for observer in observers:
+        try:
+            observer.finished(scope, outcome)
+        except Exception as exc:
+            _observer_failed(observer, exc)
+
+
+def _observer_failed(observer: RequestObserver, exc: Exception) -> None:
+    """One observer's fault costs neither the other observers nor the client."""
+    _log.warning("request observer failed", observer=type(observer).__name__, error=repr(exc))

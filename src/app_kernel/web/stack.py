@@ -2,11 +2,10 @@
 
 Outermost first, as a request meets them:
 
-1. :class:`RequestContextMiddleware`: request id, log context, access log. It
-   is outermost so that every response, errors included, carries the id and
-   is logged.
-   :class:`HttpMetricsMiddleware` (with ``enable_metrics``) sits just inside
-   it, so every request, errors included, is counted and timed.
+1. :class:`RequestContextMiddleware`: request id, log context, access log,
+   and the request observers: HTTP metrics (with ``enable_metrics``) and
+   request metrics (when enabled). It is outermost so that every response,
+   errors included, carries the id, is logged, counted and timed.
 2. :class:`SecurityHeadersMiddleware`: headers on every response.
 3. :class:`~app_kernel.web.cors.KernelCORSMiddleware` (Starlette's, with a
    short path without Origin): preflights and CORS headers. Outside the
@@ -30,7 +29,8 @@ from starlette.exceptions import HTTPException
 
 from app_kernel._runtime import kernel_of_app
 from app_kernel.errors import BackendUnavailable
-from app_kernel.observability.request_metrics import RequestMetricsMiddleware
+from app_kernel.observability.request_metrics import RequestMetricsObserver
+from app_kernel.observability.request_outcome import RequestObserver
 from app_kernel.reliability.ratelimit_middleware import (
     GlobalRateLimitMiddleware,
     global_limit_exemptions,
@@ -41,7 +41,7 @@ from app_kernel.web.client_ip import ClientIpResolver
 from app_kernel.web.cors import KernelCORSMiddleware
 from app_kernel.web.errors import UnhandledErrorMiddleware
 from app_kernel.web.hosts import AllowedHostsMiddleware
-from app_kernel.web.metrics_middleware import HttpMetricsMiddleware
+from app_kernel.web.http_metrics import HttpMetricsObserver
 from app_kernel.web.problems import (
     backend_unavailable_handler,
     http_exception_handler,
@@ -74,21 +74,23 @@ def install_http_layer(app: FastAPI, settings: KernelSettings) -> None:
         expose_headers=_EXPOSED_HEADERS,
     )
     app.add_middleware(SecurityHeadersMiddleware)
+    observers: list[RequestObserver] = []
     if settings.features.enable_metrics:
-        app.add_middleware(HttpMetricsMiddleware, metrics_path=settings.features.metrics_path)
+        observers.append(HttpMetricsObserver(metrics_path=settings.features.metrics_path))
     request_metrics = settings.observability.request_metrics
     if request_metrics.enabled:
-        # Inside the request context: it reads the request id and client IP.
-        app.add_middleware(
-            RequestMetricsMiddleware,
-            recorder_of=lambda scope: kernel_of_app(scope["app"]).request_metrics,
-            route_of=route_template,
-            exclude_paths=request_metrics.exclude_paths,
+        observers.append(
+            RequestMetricsObserver(
+                recorder_of=lambda scope: kernel_of_app(scope["app"]).request_metrics,
+                route_of=route_template,
+                exclude_paths=request_metrics.exclude_paths,
+            )
         )
     app.add_middleware(
         RequestContextMiddleware,
         client_ip=ClientIpResolver(http.trusted_proxies),
         access_log=settings.observability.access_log,
+        observers=observers,
     )
     app.add_exception_handler(HTTPException, http_exception_handler)
     app.add_exception_handler(RequestValidationError, validation_exception_handler)

@@ -1,4 +1,4 @@
-"""Built-in HTTP metrics, as pure ASGI middleware.
+"""Built-in HTTP metrics, observed by the request-context middleware.
 
 Every HTTP request, errors included, is counted in::
 
@@ -16,14 +16,17 @@ itself.
 
 from __future__ import annotations
 
-import time
+from typing import TYPE_CHECKING
 
 from app_kernel._runtime import kernel_of_app
-from app_kernel.observability.metrics import Metrics
-from app_kernel.types import ASGIApp, Message, Receive, Scope, Send
 from app_kernel.web.request_context import route_template
 
-__all__ = ("HttpMetricsMiddleware",)
+if TYPE_CHECKING:
+    from app_kernel.observability.metrics import Metrics
+    from app_kernel.observability.request_outcome import RequestOutcome
+    from app_kernel.types import Scope
+
+__all__ = ("HttpMetricsObserver",)
 
 REQUESTS = "http.requests"
 DURATION = "http.request_duration_seconds"
@@ -37,11 +40,18 @@ def describe_http_metrics(metrics: Metrics) -> None:
     metrics.describe(IN_FLIGHT, "HTTP requests being answered now.")
 
 
-class HttpMetricsMiddleware:
-    """Count and time every HTTP request into the app's kernel metrics."""
+class HttpMetricsObserver:
+    """Count and time every HTTP request into the app's kernel metrics.
 
-    def __init__(self, app: ASGIApp, *, metrics_path: str | None = None) -> None:
-        self.app = app
+    A :class:`~app_kernel.observability.request_outcome.RequestObserver`.
+
+    Args:
+        metrics_path: the scrape path, left out of the in-flight gauge.
+    """
+
+    wants_error_body = False
+
+    def __init__(self, *, metrics_path: str | None = None) -> None:
         self.metrics_path = metrics_path
         self._metrics: Metrics | None = None
 
@@ -52,33 +62,18 @@ class HttpMetricsMiddleware:
             self._metrics = metrics
         return self._metrics
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    def started(self, scope: Scope) -> None:
+        if scope["path"] != self.metrics_path:
+            self._metrics_of(scope).adjust_gauge(IN_FLIGHT, 1)
+
+    def finished(self, scope: Scope, outcome: RequestOutcome) -> None:
         metrics = self._metrics_of(scope)
+        if scope["path"] != self.metrics_path:
+            metrics.adjust_gauge(IN_FLIGHT, -1)
         method = scope["method"] if scope["method"] in _METHODS else "OTHER"
-        status = 500
-        tracked = scope["path"] != self.metrics_path
-
-        async def send_and_note(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        if tracked:
-            metrics.adjust_gauge(IN_FLIGHT, 1)
-        started = time.perf_counter()
-        try:
-            await self.app(scope, receive, send_and_note)
-        finally:
-            elapsed = time.perf_counter() - started
-            if tracked:
-                metrics.adjust_gauge(IN_FLIGHT, -1)
-            route = route_template(scope)
-            metrics.increment(
-                REQUESTS,
-                tags={"method": method, "route": route, "status_class": f"{status // 100}xx"},
-            )
-            metrics.histogram(DURATION, elapsed, tags={"method": method, "route": route})
+        route = route_template(scope)
+        status_class = f"{outcome.status // 100}xx"
+        metrics.increment(
+            REQUESTS, tags={"method": method, "route": route, "status_class": status_class}
+        )
+        metrics.histogram(DURATION, outcome.seconds, tags={"method": method, "route": route})
