@@ -1,5 +1,6 @@
-"""Logging, health and (with later issues) metrics and audit."""
+"""Logging, health, metrics, request metrics, tracing and audit."""
 
+from app_kernel.observability.context import current_request_id
 from app_kernel.observability.logging import get_logger, log_context
 from app_kernel.observability.metrics import MetricMisuse, Metrics, get_metrics
 from app_kernel.observability.request_metrics_store import RequestMetricsStore
@@ -9,6 +10,7 @@ __all__ = (
     "MetricMisuse",
     "Metrics",
     "RequestMetricsStore",
+    "current_request_id",
     "current_trace_id",
     "get_logger",
     "get_metrics",

@@ -1,10 +1,10 @@
 """Structured logging: structlog over the standard library, context in contextvars.
 
-Every line carries the fields bound with :func:`log_context` (the request id of
-the request being served, for example). Production writes one JSON object per
-line; debug mode writes readable console lines. Values of keys that look like
-credentials are replaced before anything is rendered, so a password, token or
-``Authorization`` header never reaches a log.
+Every line carries the fields bound with :func:`log_context`, and the request
+id and trace id of the request (or job) being served. Production writes one
+JSON object per line; debug mode writes readable console lines. Values of keys
+that look like credentials are replaced before anything is rendered, so a
+password, token or ``Authorization`` header never reaches a log.
 """
 
 from __future__ import annotations

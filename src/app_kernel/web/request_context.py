@@ -38,7 +38,7 @@ def route_template(scope: Scope) -> str:
     route = scope.get("route")
     if route is None:
         return "__unmatched__"
-    # Asked by the access line and both metrics layers: worked out once per request.
+    # Asked by the access line and both metrics observers: worked out once per request.
     state = scope.get("state")
     cached = state.get(_ROUTE_KEY) if state is not None else None
     if cached is not None and cached[0] is route:
