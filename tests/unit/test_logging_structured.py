@@ -38,6 +38,21 @@ def _configured(**options: Any) -> Iterator[io.StringIO]:
         structlog.reset_defaults()
 
 
+@contextmanager
+def _kernel_handler_alone() -> Iterator[None]:
+    """Take pytest's capture handlers off the root logger, so the kernel's handler is
+    the only destination and hot-path lines take their direct path."""
+    root = logging.getLogger()
+    others = [h for h in root.handlers if h.get_name() != "app_kernel"]
+    for handler in others:
+        root.removeHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in others:
+            root.addHandler(handler)
+
+
 @pytest.fixture
 def stream() -> Iterator[io.StringIO]:
     """Logging configured as JSON lines into a StringIO, for service ``svc``."""
@@ -207,7 +222,7 @@ class TestRedaction:
 def test_hot_path_lines_match_structlog_lines(stream: io.StringIO) -> None:
     """HotPathLogger skips structlog's chain but writes the same line, redaction included."""
     fields = {"method": "GET", "status": 200, "token": "tok-123", "note": "Bearer abc.def"}
-    with log_context(request_id="r-1"):
+    with log_context(request_id="r-1"), _kernel_handler_alone():
         get_logger("app_kernel.access").info("request", **fields)
         HotPathLogger("app_kernel.access").info("request", **fields)
     slow, fast = _lines(stream)
@@ -272,11 +287,56 @@ def test_hot_path_lines_reach_other_handlers_and_filters(stream: io.StringIO) ->
     access = logging.getLogger("app_kernel.access")
     access.addFilter(drop_404)
     try:
-        hot.info("request", status=404)
-        hot.info("request", status=201)
+        with _kernel_handler_alone():
+            hot.info("request", status=404)
+            hot.info("request", status=201)
     finally:
         access.removeFilter(drop_404)
     assert [line["status"] for line in _lines(stream)] == [200, 201]
+
+
+async def test_hot_path_lines_of_one_loop_pass_are_written_together(stream: io.StringIO) -> None:
+    """On a running loop, lines wait for the end of the pass, in order, in one write."""
+    writes: list[str] = []
+    original_write = stream.write
+
+    def counting_write(text: str) -> int:
+        writes.append(text)
+        return original_write(text)
+
+    stream.write = counting_write  # type: ignore[method-assign]
+    hot = HotPathLogger("app_kernel.access")
+    with _kernel_handler_alone():
+        for status in (200, 201, 202):
+            hot.info("request", status=status)
+        assert stream.getvalue() == ""  # not yet: the loop pass is not over
+        await asyncio.sleep(0)
+    assert [line["status"] for line in _lines(stream)] == [200, 201, 202]
+    assert len(writes) == 1
+
+
+async def test_queued_lines_come_before_any_later_line(stream: io.StringIO) -> None:
+    hot = HotPathLogger("app_kernel.access")
+    with _kernel_handler_alone():
+        hot.info("request", status=200)
+        assert stream.getvalue() == ""
+        get_logger("other").warning("after the request")
+        logging.getLogger("stdlib").error("and this")
+    events = [line["event"] for line in _lines(stream)]
+    assert events == ["request", "after the request", "and this"]
+
+
+async def test_flush_writes_queued_lines_now(stream: io.StringIO) -> None:
+    hot = HotPathLogger("app_kernel.access")
+    with _kernel_handler_alone():
+        hot.info("request", status=200)
+        hot.flush()
+        assert [line["status"] for line in _lines(stream)] == [200]
+        hot.info("request", status=204)
+        assert len(_lines(stream)) == 1
+        for handler in logging.getLogger().handlers:
+            handler.flush()  # what logging.shutdown() does at exit
+    assert [line["status"] for line in _lines(stream)] == [200, 204]
 
 
 def test_request_and_trace_ids_come_from_the_kernel_context(stream: io.StringIO) -> None:

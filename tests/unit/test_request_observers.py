@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
+import structlog
 
+from app_kernel.observability.logging import configure_logging
 from app_kernel.observability.request_outcome import MAX_ERROR_BODY, RequestOutcome
 from app_kernel.types import Message, Receive, Scope, Send
 from app_kernel.web.client_ip import ClientIpResolver
@@ -111,3 +118,83 @@ async def test_a_failing_observer_costs_neither_the_client_nor_the_others() -> N
     assert sent[0]["status"] == 200
     assert recorder.started_paths == ["/things"]
     assert [o.status for o in recorder.outcomes] == [200]
+
+
+@pytest.fixture
+def log_stream() -> Iterator[io.StringIO]:
+    """JSON logging into a StringIO."""
+    out = io.StringIO()
+    root = logging.getLogger()
+    level = root.level
+    configure_logging(stream=out, level="INFO", fmt="json")
+    try:
+        yield out
+    finally:
+        for handler in list(root.handlers):
+            if handler.get_name() == "app_kernel":
+                root.removeHandler(handler)
+        root.setLevel(level)
+        structlog.reset_defaults()
+
+
+@contextmanager
+def _kernel_handler_alone() -> Iterator[None]:
+    """Take pytest's capture handlers (added for each test phase) off the root logger,
+    so access lines take the kernel handler's direct path."""
+    root = logging.getLogger()
+    others = [h for h in root.handlers if h.get_name() != "app_kernel"]
+    for handler in others:
+        root.removeHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in others:
+            root.addHandler(handler)
+
+
+def _statuses(out: io.StringIO) -> list[int]:
+    return [json.loads(line)["status"] for line in out.getvalue().splitlines()]
+
+
+async def test_the_access_line_is_written_when_the_service_goes_idle(
+    log_stream: io.StringIO,
+) -> None:
+    """Lines wait for the end of the loop pass, but the last request in flight writes them."""
+    release = asyncio.Event()
+
+    async def slow(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"] == "/slow":
+            await release.wait()
+        await _endpoint(200 if scope["path"] == "/slow" else 201, b"text/plain", b"ok")(
+            scope, receive, send
+        )
+
+    middleware = RequestContextMiddleware(slow, client_ip=ClientIpResolver(()))
+    with _kernel_handler_alone():
+        await _check_idle_and_busy(middleware, release, log_stream)
+
+
+async def _check_idle_and_busy(
+    middleware: RequestContextMiddleware, release: asyncio.Event, log_stream: io.StringIO
+) -> None:
+    await _call(middleware)  # alone: its line is there when the call returns
+    assert _statuses(log_stream) == [201]
+
+    async def call(path: str) -> None:
+        scope = {"type": "http", "method": "GET", "path": path, "headers": [], "client": None}
+
+        async def receive() -> Message:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: Message) -> None:
+            return None
+
+        await middleware(scope, receive, send)
+
+    waiting = asyncio.create_task(call("/slow"))
+    await asyncio.sleep(0)
+    await call("/fast")  # another request is still in flight: queued for the loop pass
+    assert _statuses(log_stream) == [201]
+    release.set()
+    await waiting  # the last one out writes both
+    assert _statuses(log_stream) == [201, 201, 200]

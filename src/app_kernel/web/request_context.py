@@ -99,6 +99,7 @@ class RequestContextMiddleware:
         self.access_log = access_log
         self.observers = tuple(observers)
         self.keep_error_body = any(observer.wants_error_body for observer in self.observers)
+        self._serving = 0  # requests inside this layer now (this process)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -135,6 +136,7 @@ class RequestContextMiddleware:
         observers = self.observers
         started_at = time.time()
         started = time.perf_counter()
+        self._serving += 1
         try:
             for observer in observers:
                 try:
@@ -143,6 +145,7 @@ class RequestContextMiddleware:
                     _observer_failed(observer, exc)
             await self.app(scope, receive, send_with_id)
         finally:
+            self._serving -= 1
             seconds = time.perf_counter() - started
             if observers:
                 outcome = RequestOutcome(
@@ -157,6 +160,11 @@ class RequestContextMiddleware:
                     status=status,
                     duration_ms=round(seconds * 1000, 2),
                 )
+                if not self._serving:
+                    # Access lines are written once per loop pass, for all the
+                    # requests that ended in it; the last request in flight
+                    # writes them at once, so an idle service logs promptly.
+                    _access_log.flush()
             reset_trace_id(trace_token)
             request_client_ip.reset(ip_token)
             request_id.reset(id_token)
