@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from starlette.middleware.cors import CORSMiddleware
 
+from _asgi_calls import call_asgi
 from app_kernel.types import Message, Receive, Scope, Send
 from app_kernel.web.cors import KernelCORSMiddleware
 
@@ -30,16 +31,7 @@ def _endpoint(vary: list[bytes]) -> Any:
 
 async def _answer(middleware: Any, request_headers: list[tuple[bytes, bytes]]) -> Message:
     scope = {"type": "http", "method": "GET", "path": "/", "headers": request_headers}
-    sent: list[Message] = []
-
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    await middleware(scope, receive, send)
-    return sent[0]
+    return (await call_asgi(middleware, scope))[0]
 
 
 def _fields(message: Message) -> dict[bytes, list[bytes]]:

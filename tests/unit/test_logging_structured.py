@@ -7,56 +7,23 @@ import io
 import json
 import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
-import structlog
 
+from _log_capture import configured_logging, kernel_handler_alone
 from app_kernel import get_logger, log_context
-from app_kernel.observability.logging import HotPathLogger, configure_logging
+from app_kernel.observability.logging import HotPathLogger
 
 
 def _lines(stream: io.StringIO) -> list[dict[str, Any]]:
     return [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
 
 
-@contextmanager
-def _configured(**options: Any) -> Iterator[io.StringIO]:
-    """Configure logging into a StringIO; undo it (handler, root level) afterwards."""
-    out = io.StringIO()
-    root = logging.getLogger()
-    level = root.level
-    configure_logging(stream=out, **options)
-    try:
-        yield out
-    finally:
-        for handler in list(root.handlers):
-            if handler.get_name() == "app_kernel":
-                root.removeHandler(handler)
-        root.setLevel(level)
-        structlog.reset_defaults()
-
-
-@contextmanager
-def _kernel_handler_alone() -> Iterator[None]:
-    """Take pytest's capture handlers off the root logger, so the kernel's handler is
-    the only destination and hot-path lines take their direct path."""
-    root = logging.getLogger()
-    others = [h for h in root.handlers if h.get_name() != "app_kernel"]
-    for handler in others:
-        root.removeHandler(handler)
-    try:
-        yield
-    finally:
-        for handler in others:
-            root.addHandler(handler)
-
-
 @pytest.fixture
 def stream() -> Iterator[io.StringIO]:
     """Logging configured as JSON lines into a StringIO, for service ``svc``."""
-    with _configured(level="INFO", fmt="json", service_name="svc") as out:
+    with configured_logging(level="INFO", fmt="json", service_name="svc") as out:
         yield out
 
 
@@ -81,7 +48,7 @@ def test_standard_library_records_are_json_too(stream: io.StringIO) -> None:
 
 
 def test_level_filters_lower_records() -> None:
-    with _configured(level="WARNING", fmt="json") as out:
+    with configured_logging(level="WARNING", fmt="json") as out:
         log = get_logger("levels")
         log.info("quiet")
         log.warning("loud")
@@ -207,7 +174,7 @@ class TestRedaction:
         assert "ConnectionError" in line["exception"]
 
     def test_exception_text_in_console_format(self) -> None:
-        with _configured(fmt="console") as out:
+        with configured_logging(fmt="console") as out:
             try:
                 msg = "cannot reach redis://:redis-pass@cache:6379"
                 raise ConnectionError(msg)
@@ -222,7 +189,7 @@ class TestRedaction:
 def test_hot_path_lines_match_structlog_lines(stream: io.StringIO) -> None:
     """HotPathLogger skips structlog's chain but writes the same line, redaction included."""
     fields = {"method": "GET", "status": 200, "token": "tok-123", "note": "Bearer abc.def"}
-    with log_context(request_id="r-1"), _kernel_handler_alone():
+    with log_context(request_id="r-1"), kernel_handler_alone():
         get_logger("app_kernel.access").info("request", **fields)
         HotPathLogger("app_kernel.access").info("request", **fields)
     slow, fast = _lines(stream)
@@ -235,7 +202,7 @@ def test_hot_path_lines_match_structlog_lines(stream: io.StringIO) -> None:
 
 
 def test_hot_path_lines_respect_the_level() -> None:
-    with _configured(level="WARNING", fmt="json") as out:
+    with configured_logging(level="WARNING", fmt="json") as out:
         HotPathLogger("app_kernel.access").info("request", status=200)
     assert out.getvalue() == ""
 
@@ -287,7 +254,7 @@ def test_hot_path_lines_reach_other_handlers_and_filters(stream: io.StringIO) ->
     access = logging.getLogger("app_kernel.access")
     access.addFilter(drop_404)
     try:
-        with _kernel_handler_alone():
+        with kernel_handler_alone():
             hot.info("request", status=404)
             hot.info("request", status=201)
     finally:
@@ -306,7 +273,7 @@ async def test_hot_path_lines_of_one_loop_pass_are_written_together(stream: io.S
 
     stream.write = counting_write  # type: ignore[method-assign]
     hot = HotPathLogger("app_kernel.access")
-    with _kernel_handler_alone():
+    with kernel_handler_alone():
         for status in (200, 201, 202):
             hot.info("request", status=status)
         assert stream.getvalue() == ""  # not yet: the loop pass is not over
@@ -317,7 +284,7 @@ async def test_hot_path_lines_of_one_loop_pass_are_written_together(stream: io.S
 
 async def test_queued_lines_come_before_any_later_line(stream: io.StringIO) -> None:
     hot = HotPathLogger("app_kernel.access")
-    with _kernel_handler_alone():
+    with kernel_handler_alone():
         hot.info("request", status=200)
         assert stream.getvalue() == ""
         get_logger("other").warning("after the request")
@@ -328,7 +295,7 @@ async def test_queued_lines_come_before_any_later_line(stream: io.StringIO) -> N
 
 async def test_flush_writes_queued_lines_now(stream: io.StringIO) -> None:
     hot = HotPathLogger("app_kernel.access")
-    with _kernel_handler_alone():
+    with kernel_handler_alone():
         hot.info("request", status=200)
         hot.flush()
         assert [line["status"] for line in _lines(stream)] == [200]
@@ -365,9 +332,9 @@ def test_request_and_trace_ids_come_from_the_kernel_context(stream: io.StringIO)
 def test_reconfiguring_applies_to_loggers_already_used() -> None:
     """A logger used under one configuration follows the next one (its service name)."""
     log = get_logger("reconfigured")
-    with _configured(fmt="json", service_name="first") as first:
+    with configured_logging(fmt="json", service_name="first") as first:
         log.info("one")
-        with _configured(fmt="json", service_name="second") as second:
+        with configured_logging(fmt="json", service_name="second") as second:
             log.info("two")
     assert [(line["event"], line["service"]) for line in _lines(first)] == [("one", "first")]
     assert [(line["event"], line["service"]) for line in _lines(second)] == [("two", "second")]

@@ -5,15 +5,13 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
-import structlog
 
-from app_kernel.observability.logging import configure_logging
+from _asgi_calls import call_asgi
+from _log_capture import configured_logging, kernel_handler_alone
 from app_kernel.observability.request_outcome import MAX_ERROR_BODY, RequestOutcome
 from app_kernel.types import Message, Receive, Scope, Send
 from app_kernel.web.client_ip import ClientIpResolver
@@ -63,16 +61,7 @@ async def _call(middleware: RequestContextMiddleware) -> list[Message]:
         "headers": [(b"host", b"api")],
         "client": ("10.0.0.1", 1234),
     }
-    sent: list[Message] = []
-
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    await middleware(scope, receive, send)
-    return sent
+    return await call_asgi(middleware, scope)
 
 
 @pytest.mark.parametrize("wants", [True, False])
@@ -123,33 +112,8 @@ async def test_a_failing_observer_costs_neither_the_client_nor_the_others() -> N
 @pytest.fixture
 def log_stream() -> Iterator[io.StringIO]:
     """JSON logging into a StringIO."""
-    out = io.StringIO()
-    root = logging.getLogger()
-    level = root.level
-    configure_logging(stream=out, level="INFO", fmt="json")
-    try:
+    with configured_logging(level="INFO", fmt="json") as out:
         yield out
-    finally:
-        for handler in list(root.handlers):
-            if handler.get_name() == "app_kernel":
-                root.removeHandler(handler)
-        root.setLevel(level)
-        structlog.reset_defaults()
-
-
-@contextmanager
-def _kernel_handler_alone() -> Iterator[None]:
-    """Take pytest's capture handlers (added for each test phase) off the root logger,
-    so access lines take the kernel handler's direct path."""
-    root = logging.getLogger()
-    others = [h for h in root.handlers if h.get_name() != "app_kernel"]
-    for handler in others:
-        root.removeHandler(handler)
-    try:
-        yield
-    finally:
-        for handler in others:
-            root.addHandler(handler)
 
 
 def _statuses(out: io.StringIO) -> list[int]:
@@ -170,7 +134,7 @@ async def test_the_access_line_is_written_when_the_service_goes_idle(
         )
 
     middleware = RequestContextMiddleware(slow, client_ip=ClientIpResolver(()))
-    with _kernel_handler_alone():
+    with kernel_handler_alone():
         await _check_idle_and_busy(middleware, release, log_stream)
 
 
@@ -182,14 +146,7 @@ async def _check_idle_and_busy(
 
     async def call(path: str) -> None:
         scope = {"type": "http", "method": "GET", "path": path, "headers": [], "client": None}
-
-        async def receive() -> Message:
-            return {"type": "http.request", "body": b"", "more_body": False}
-
-        async def send(message: Message) -> None:
-            return None
-
-        await middleware(scope, receive, send)
+        await call_asgi(middleware, scope)
 
     waiting = asyncio.create_task(call("/slow"))
     await asyncio.sleep(0)
