@@ -7,13 +7,15 @@ logging in.
 
 ``make run`` also starts a worker process (``app-kernel worker
 examples.service:app``) that runs the ``send_welcome`` task enqueued by
-``POST /api/v1/jobs/welcome``.
+``POST /api/v1/jobs/welcome``, and stores the request metrics that
+``manifest.yaml`` turns on (an admin reads them under ``/metrics/requests``).
 """
 
 from __future__ import annotations
 
 import shutil
 import uuid
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException
@@ -83,4 +85,5 @@ app = create_service(
     tasks={"send_welcome": send_welcome},
     config=ServiceConfig.from_env(),
     health_checks=[disk_space],
+    manifest=Path(__file__).with_name("manifest.yaml"),
 )

@@ -124,6 +124,8 @@ def test_serve_runs_the_example_under_uvicorn(tmp_path: Path) -> None:
                 time.sleep(0.05)
         assert health.status_code == 200
         assert health.headers["x-request-id"]
+        # The example's manifest turns request metrics on: their routes exist (admin only).
+        assert httpx.get(f"{base}/metrics/requests", timeout=5).status_code == 401
         ready = httpx.get(f"{base}/readyz", timeout=5)
         assert ready.status_code == 200, ready.text
         names = {check["name"] for check in ready.json()["checks"]}
