@@ -306,6 +306,27 @@ async def test_flush_writes_queued_lines_now(stream: io.StringIO) -> None:
     assert [line["status"] for line in _lines(stream)] == [200, 204]
 
 
+async def test_queued_lines_meet_a_filter_set_before_they_are_written(
+    stream: io.StringIO,
+) -> None:
+    """A line queued before a filter was put on the handler still passes through it."""
+    [handler] = [h for h in logging.getLogger().handlers if h.get_name() == "app_kernel"]
+
+    def drop_404(record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, dict) and record.msg.get("status") == 404)
+
+    hot = HotPathLogger("app_kernel.access")
+    with kernel_handler_alone():
+        hot.info("request", status=404)
+        hot.info("request", status=200)
+        handler.addFilter(drop_404)
+        try:
+            await asyncio.sleep(0)
+        finally:
+            handler.removeFilter(drop_404)
+    assert [line["status"] for line in _lines(stream)] == [200]
+
+
 def test_request_and_trace_ids_come_from_the_kernel_context(stream: io.StringIO) -> None:
     """Lines written while a request is served carry its ids; an explicit field wins."""
     from app_kernel.observability.context import request_id

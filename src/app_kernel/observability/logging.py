@@ -256,8 +256,9 @@ class _KernelHandler(logging.StreamHandler[Any]):
         lines: list[str] = []
         for logger, event in pending:
             try:
-                if formatter is None:  # reconfigured meanwhile: the record path
-                    self.emit(_record_for(logger, event))
+                if formatter is None:  # a filter or formatter was set meanwhile
+                    if self.level <= logging.INFO:
+                        self.handle(_record_for(logger, event))
                     continue
                 lines.append(formatter.render(logger, "info", event) + self.terminator)
             except Exception:  # as emit(): report and go on
