@@ -488,7 +488,20 @@ class RedisMultiplexer:
         Raises:
             as :meth:`execute`.
         """
-        command = pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))
+        return await self.evalsha_packed(
+            script, pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))
+        )
+
+    async def evalsha_packed(self, script: LuaScript, command: bytes) -> Any:
+        """:meth:`evalsha` of a command the caller packed itself.
+
+        ``command`` must be ``EVALSHA <script.sha> ...`` in RESP2 (see
+        :func:`~app_kernel._redis.resp.pack_args`): callers on a hot path pack
+        the parts that never change once.
+
+        Raises:
+            as :meth:`execute`.
+        """
         try:
             return await self._send(command)
         except NoScriptError:

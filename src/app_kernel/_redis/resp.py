@@ -29,7 +29,7 @@ from redis.exceptions import (
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-__all__ = ("CommandArg", "check_command", "error_from_reply", "pack_command")
+__all__ = ("CommandArg", "check_command", "error_from_reply", "pack_args", "pack_command")
 
 CommandArg: TypeAlias = str | bytes | int | float
 """One argument of a command: text is sent as UTF-8 (lone surrogates kept)."""
@@ -107,7 +107,16 @@ def _upper(arg: CommandArg) -> str:
 
 def pack_command(args: Sequence[CommandArg]) -> bytes:
     """``args`` as one RESP2 command (an array of bulk strings)."""
-    parts = [b"*%d\r\n" % len(args)]
+    return b"*%d\r\n" % len(args) + pack_args(args)
+
+
+def pack_args(args: Sequence[CommandArg]) -> bytes:
+    """``args`` as consecutive RESP2 bulk strings: part of a command's array.
+
+    A caller that sends the same command many times with one argument changing
+    packs the fixed parts once and joins them (``*<count>`` header included).
+    """
+    parts: list[bytes] = []
     append = parts.append
     for arg in args:
         if isinstance(arg, bytes):

@@ -21,13 +21,15 @@ from __future__ import annotations
 
 import itertools
 import os
+from dataclasses import dataclass
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
 from app_kernel._redis.client import multiplexer_of
 from app_kernel._redis.mux import LuaScript
+from app_kernel._redis.resp import CommandArg, pack_args
 from app_kernel.errors import BackendUnavailable
 from app_kernel.reliability.backends.base import Limit, LimitState
 
@@ -49,6 +51,15 @@ _HIT = LuaScript(
 )
 
 
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """One call's EVALSHA, packed but for the log member between head and tail."""
+
+    head: bytes
+    record_tail: bytes
+    peek_tail: bytes
+
+
 class RedisRateLimitBackend:
     """:class:`~app_kernel.reliability.backends.base.RateLimitBackend` on Redis.
 
@@ -64,38 +75,44 @@ class RedisRateLimitBackend:
         # Log members only need to be unique per key: process token + counter.
         self._member_prefix = os.urandom(6).hex()
         self._seq = itertools.count()
-        # (key, limits, threshold) -> the call's Redis keys and per-limit arguments.
-        self._plans: dict[tuple[str, tuple[Limit, ...], int], tuple[list[str], list[Any]]] = {}
+        # (key, limits, threshold) -> the packed parts of its EVALSHA.
+        self._plans: dict[tuple[str, tuple[Limit, ...], int], _Plan] = {}
 
     def _key(self, tag: str, limit: Limit, exact_threshold: int) -> str:
         mode = "z" if limit.is_exact(exact_threshold) else "c"
         return self._keys.key(_AREA, tag, mode, str(limit.window_ms))
 
-    def _plan(
-        self, key: str, limits: tuple[Limit, ...], exact_threshold: int
-    ) -> tuple[list[str], list[Any]]:
-        """The Redis keys and the per-limit script arguments of a call, kept for reuse."""
+    def _plan(self, key: str, limits: tuple[Limit, ...], exact_threshold: int) -> _Plan:
+        """The packed parts of a call that never change, kept for reuse."""
         plan_key = (key, limits, exact_threshold)
         plan = self._plans.get(plan_key)
         if plan is None:
             if len(self._plans) >= _MAX_PLANS:
                 self._plans.clear()
-            limit_args: list[Any] = []
+            redis_keys = [self._key(key, limit, exact_threshold) for limit in limits]
+            limit_args: list[CommandArg] = []
             for limit in limits:
                 mode = "z" if limit.is_exact(exact_threshold) else "c"
                 limit_args += [limit.requests, limit.window_ms, mode]
-            plan = ([self._key(key, limit, exact_threshold) for limit in limits], limit_args)
+            # EVALSHA sha numkeys keys... member record limit-args...
+            count = 3 + len(redis_keys) + 2 + len(limit_args)
+            head = b"*%d\r\n" % count + pack_args(
+                ["EVALSHA", _HIT.sha, len(redis_keys), *redis_keys]
+            )
+            tail = pack_args(limit_args)
+            plan = _Plan(head, pack_args([1]) + tail, pack_args([0]) + tail)
             self._plans[plan_key] = plan
         return plan
 
     async def _call(
         self, key: str, limits: tuple[Limit, ...], exact_threshold: int, *, record: bool
     ) -> tuple[LimitState, ...]:
-        redis_keys, limit_args = self._plan(key, limits, exact_threshold)
-        args = [f"{self._member_prefix}{next(self._seq)}", 1 if record else 0, *limit_args]
+        plan = self._plan(key, limits, exact_threshold)
+        member = pack_args([f"{self._member_prefix}{next(self._seq)}"])
+        command = plan.head + member + (plan.record_tail if record else plan.peek_tail)
         try:
             # EVALSHA; after a flushed script cache, loads the script and retries once.
-            reply = await self._mux.evalsha(_HIT, redis_keys, args)
+            reply = await self._mux.evalsha_packed(_HIT, command)
         except RedisError as exc:
             msg = f"Redis rate limit: {'hit' if record else 'peek'} failed: {exc}"
             raise BackendUnavailable(msg) from exc
