@@ -7,6 +7,7 @@ import io
 import json
 import logging
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -207,20 +208,37 @@ def test_hot_path_lines_respect_the_level() -> None:
     assert out.getvalue() == ""
 
 
-def test_other_handlers_see_the_record_unchanged(stream: io.StringIO) -> None:
-    """The kernel's handler renders without touching the record another handler gets."""
-    seen: list[logging.LogRecord] = []
+class _Keep(logging.Handler):
+    """A second handler on the root logger, keeping the records it gets."""
 
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            seen.append(record)
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
 
-    keep = Keep()
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextmanager
+def _records_seen() -> Iterator[list[logging.LogRecord]]:
+    """The records another root handler gets while the block runs."""
+    keep = _Keep()
     logging.getLogger().addHandler(keep)
     try:
-        get_logger("shared").info("saved", password="hunter2", items=2)
+        yield keep.records
     finally:
         logging.getLogger().removeHandler(keep)
+
+
+def _drop_404(record: logging.LogRecord) -> bool:
+    """A filter dropping access lines with status 404."""
+    return not (isinstance(record.msg, dict) and record.msg.get("status") == 404)
+
+
+def test_other_handlers_see_the_record_unchanged(stream: io.StringIO) -> None:
+    """The kernel's handler renders without touching the record another handler gets."""
+    with _records_seen() as seen:
+        get_logger("shared").info("saved", password="hunter2", items=2)
     [line] = _lines(stream)
     assert line["password"] == "[redacted]"
     assert line["items"] == 2
@@ -231,34 +249,21 @@ def test_other_handlers_see_the_record_unchanged(stream: io.StringIO) -> None:
 
 def test_hot_path_lines_reach_other_handlers_and_filters(stream: io.StringIO) -> None:
     """With another handler, or a filter on the way, the line goes through a LogRecord."""
-    seen: list[logging.LogRecord] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            seen.append(record)
-
     hot = HotPathLogger("app_kernel.access")
-    keep = Keep()
-    logging.getLogger().addHandler(keep)
-    try:
+    with _records_seen() as seen:
         hot.info("request", status=200)
-    finally:
-        logging.getLogger().removeHandler(keep)
     [record] = seen
     assert isinstance(record.msg, dict)
     assert record.msg["status"] == 200
 
-    def drop_404(record: logging.LogRecord) -> bool:
-        return not (isinstance(record.msg, dict) and record.msg.get("status") == 404)
-
     access = logging.getLogger("app_kernel.access")
-    access.addFilter(drop_404)
+    access.addFilter(_drop_404)
     try:
         with kernel_handler_alone():
             hot.info("request", status=404)
             hot.info("request", status=201)
     finally:
-        access.removeFilter(drop_404)
+        access.removeFilter(_drop_404)
     assert [line["status"] for line in _lines(stream)] == [200, 201]
 
 
@@ -311,19 +316,15 @@ async def test_queued_lines_meet_a_filter_set_before_they_are_written(
 ) -> None:
     """A line queued before a filter was put on the handler still passes through it."""
     [handler] = [h for h in logging.getLogger().handlers if h.get_name() == "app_kernel"]
-
-    def drop_404(record: logging.LogRecord) -> bool:
-        return not (isinstance(record.msg, dict) and record.msg.get("status") == 404)
-
     hot = HotPathLogger("app_kernel.access")
     with kernel_handler_alone():
         hot.info("request", status=404)
         hot.info("request", status=200)
-        handler.addFilter(drop_404)
+        handler.addFilter(_drop_404)
         try:
             await asyncio.sleep(0)
         finally:
-            handler.removeFilter(drop_404)
+            handler.removeFilter(_drop_404)
     assert [line["status"] for line in _lines(stream)] == [200]
 
 
