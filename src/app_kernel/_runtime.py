@@ -46,7 +46,13 @@ def current_kernel(what: str = "using the kernel") -> Kernel:
 
 def kernel_of_app(app: Any) -> Kernel:
     """The kernel mounted on a FastAPI/Starlette app by ``init_app_kernel``."""
-    kernel: Kernel | None = getattr(app.state, "app_kernel", None)
+    state = app.state
+    try:
+        # Starlette's State keeps its attributes in this dict; reading it skips
+        # State.__getattr__, on a path taken several times per request.
+        kernel: Kernel | None = state._state["app_kernel"]
+    except (AttributeError, KeyError, TypeError):
+        kernel = getattr(state, "app_kernel", None)
     if kernel is None:
         raise KernelNotInitialized(_NOT_READY.format(what="serving this request"))
     return kernel
