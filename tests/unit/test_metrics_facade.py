@@ -166,6 +166,36 @@ class TestSeriesCap:
         dropped = ("app_kernel_metrics_dropped_series_total", (("metric", "per_user"),))
         assert got[dropped] == 7
 
+    def test_a_kept_series_is_the_one_the_facade_counts(self) -> None:
+        metrics = Metrics(max_series_per_metric=2)
+        counter = metrics.counter_series("hits", {"route": "/a"})
+        gauge = metrics.gauge_series("busy")
+        histogram = metrics.histogram_series("took", {"route": "/a"})
+        assert counter is not None
+        assert gauge is not None
+        assert histogram is not None
+        counter.inc()
+        metrics.increment("hits", tags={"route": "/a"})
+        gauge.inc(3)
+        metrics.adjust_gauge("busy", -1)
+        histogram.observe(0.2)
+        metrics.histogram("took", 0.4, tags={"route": "/a"})
+        got = samples(metrics)
+        assert got[("hits_total", (("route", "/a"),))] == 2
+        assert got[("busy", ())] == 2
+        assert got[("took_count", (("route", "/a"),))] == 2
+        assert got[("took_sum", (("route", "/a"),))] == pytest.approx(0.6)
+
+    def test_no_series_past_the_limit_and_the_drop_is_counted(self) -> None:
+        metrics = Metrics(max_series_per_metric=1)
+        assert metrics.counter_series("hits", {"route": "/a"}) is not None
+        assert metrics.counter_series("hits", {"route": "/b"}) is None
+        assert metrics.histogram_series("took", {"route": "/a"}) is not None
+        assert metrics.histogram_series("took", {"route": "/b"}) is None
+        got = samples(metrics)
+        assert got[("app_kernel_metrics_dropped_series_total", (("metric", "hits"),))] == 1
+        assert got[("app_kernel_metrics_dropped_series_total", (("metric", "took"),))] == 1
+
 
 class TestAccessor:
     def test_get_metrics_needs_a_kernel(self) -> None:

@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, Literal, Protocol, TypeVar, cast
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -38,7 +38,17 @@ from app_kernel._runtime import current_kernel
 from app_kernel.errors import KernelError
 from app_kernel.observability.prometheus import LIVE_GAUGE_MODES, PrometheusBackend
 
-__all__ = ("GaugeMode", "MetricMisuse", "Metrics", "Timer", "get_metrics", "prometheus_name")
+__all__ = (
+    "CounterSeries",
+    "GaugeMode",
+    "GaugeSeries",
+    "HistogramSeries",
+    "MetricMisuse",
+    "Metrics",
+    "Timer",
+    "get_metrics",
+    "prometheus_name",
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 Kind = Literal["counter", "gauge", "histogram"]
@@ -47,6 +57,26 @@ Tags = Mapping[str, object]
 
 _INVALID_CHARS = re.compile(r"[^a-zA-Z0-9_]")
 DROPPED_SERIES = "app_kernel.metrics_dropped_series"
+
+
+class CounterSeries(Protocol):
+    """One label combination of a counter (:meth:`Metrics.counter_series`)."""
+
+    def inc(self, amount: float = 1) -> None: ...
+
+
+class GaugeSeries(Protocol):
+    """One label combination of a gauge (:meth:`Metrics.gauge_series`)."""
+
+    def inc(self, amount: float = 1) -> None: ...
+
+    def set(self, value: float) -> None: ...
+
+
+class HistogramSeries(Protocol):
+    """One label combination of a histogram (:meth:`Metrics.histogram_series`)."""
+
+    def observe(self, amount: float) -> None: ...
 
 
 class MetricMisuse(KernelError, ValueError):
@@ -213,6 +243,30 @@ class Metrics:
         """A context manager and decorator recording seconds into ``<name>_seconds``."""
         return Timer(self, name, tags)
 
+    # Series, for code that updates the same label combination on every request:
+    # it keeps the series instead of naming it each time. Each is None when the
+    # metric is at its series limit (the drop is counted); such a caller goes on
+    # through increment/adjust_gauge/histogram, which count every later drop.
+
+    def counter_series(self, name: str, tags: Tags | None = None) -> CounterSeries | None:
+        """The series of counter ``name`` for ``tags`` (None past the series limit)."""
+        series: CounterSeries | None = self._child("counter", name, tags)
+        return series
+
+    def gauge_series(
+        self, name: str, tags: Tags | None = None, *, mode: GaugeMode = "livesum"
+    ) -> GaugeSeries | None:
+        """The series of gauge ``name`` for ``tags`` (None past the series limit)."""
+        series: GaugeSeries | None = self._child("gauge", name, tags, mode=mode)
+        return series
+
+    def histogram_series(self, name: str, tags: Tags | None = None) -> HistogramSeries | None:
+        """The series of histogram ``name`` for ``tags`` (None past the series limit)."""
+        series: HistogramSeries | None = self._child(
+            "histogram", name, tags, cache_kind="histogram"
+        )
+        return series
+
     def render(self, accept: str = "") -> tuple[bytes, str]:
         """The Prometheus exposition (body, content type); blocking, call it in a thread."""
         return self.backend.render(accept)
@@ -249,7 +303,9 @@ class Metrics:
             values = tuple(str(tags[tag]) for tag in family.tagnames) if tags else ()
             child = family.children.get(values)
             if child is None:
-                if len(family.children) >= self.max_series_per_metric:
+                # The drop counter is exempt: one series per metric name, which
+                # code defines, and counting its own drops would never end.
+                if len(family.children) >= self.max_series_per_metric and name != DROPPED_SERIES:
                     dropped = family.prom
                 else:
                     child = family.metric.labels(*values) if values else family.metric

@@ -28,12 +28,13 @@ from app_kernel.reliability.backends.base import (
 )
 
 if TYPE_CHECKING:
-    from app_kernel.observability.metrics import Metrics
+    from app_kernel.observability.metrics import CounterSeries, Metrics
     from app_kernel.settings import ReliabilitySettings
 
 __all__ = ("RateLimiter", "get_rate_limiter", "identifier_key")
 
 _log = get_logger("app_kernel.ratelimit")
+DECISIONS = "ratelimit.decisions"
 # Windows (ms) in use in this process, so reset() can find an identifier's Redis
 # keys without scanning. Windows come from code (defaults, rate_limit(), check()
 # arguments), so the set stays small.
@@ -105,6 +106,7 @@ class RateLimiter:
         """Hits shadow mode let through that a limit would have refused."""
         self.metrics: Metrics | None = None
         """Where decisions are counted (``ratelimit_decisions_total``); the kernel sets its own."""
+        self._decisions: tuple[Metrics | None, dict[tuple[str, str], CounterSeries]] = (None, {})
 
     @property
     def backend(self) -> RateLimitBackend:
@@ -171,11 +173,21 @@ class RateLimiter:
         """
         result = await self._hit(identifier, limit, window, also=also, shadow=shadow)
         if self.metrics is not None:
-            self.metrics.increment(
-                "ratelimit.decisions",
-                tags={"policy": _policy_of(identifier), "outcome": _outcome_of(result)},
-            )
+            self._count(self.metrics, _policy_of(identifier), _outcome_of(result))
         return result
+
+    def _count(self, metrics: Metrics, policy: str, outcome: str) -> None:
+        """Count one decision; its series is kept (policies and outcomes are few)."""
+        kept = self._decisions
+        if kept[0] is not metrics:
+            kept = self._decisions = (metrics, {})
+        series = kept[1].get((policy, outcome))
+        if series is None:
+            series = metrics.counter_series(DECISIONS, {"policy": policy, "outcome": outcome})
+            if series is None:  # at the series limit: counted as dropped
+                return
+            kept[1][(policy, outcome)] = series
+        series.inc()
 
     async def _hit(
         self,
