@@ -110,3 +110,39 @@ def test_on_uvloop_too(sockets: tuple[socket.socket, socket.socket]) -> None:
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         assert runner.run(scenario()) == (b"+OK\r\n", True)
+
+
+async def test_blocks_sharing_the_timer_each_expire_at_their_own_limit() -> None:
+    loop = asyncio.get_running_loop()
+    expired: list[float] = []
+
+    async def wait_forever(seconds: float) -> None:
+        with pytest.raises(TimeoutError):
+            async with backend_deadline(seconds):
+                await loop.create_future()
+        expired.append(seconds)
+
+    started = time.monotonic()
+    # Entered out of order: the later limits must not hold back the earlier ones.
+    await asyncio.gather(wait_forever(0.3), wait_forever(0.05), wait_forever(0.15))
+    assert expired == [0.05, 0.15, 0.3]
+    assert time.monotonic() - started < 1.0
+
+
+async def test_a_block_that_ended_is_not_cancelled_when_its_limit_passes() -> None:
+    async with backend_deadline(0.02) as deadline:
+        await asyncio.sleep(0)
+    await asyncio.sleep(0.1)  # the shared timer passes the old limit meanwhile
+    assert not deadline.expired()
+    assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+
+
+async def test_a_late_block_still_expires_behind_many_ended_ones() -> None:
+    for _ in range(1000):
+        async with backend_deadline(0.01):
+            await asyncio.sleep(0)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        async with backend_deadline(0.05):
+            await asyncio.sleep(10)
+    assert time.monotonic() - started < 1.0
