@@ -14,8 +14,8 @@ and every job it enqueues, carries one.
 
 from __future__ import annotations
 
+import os
 import re
-import secrets
 from contextvars import ContextVar, Token
 
 from app_kernel.types import Scope
@@ -46,7 +46,7 @@ def parse_traceparent(value: str) -> str | None:
 def new_trace_id() -> str:
     """A random 32-hex trace id (never all zeros)."""
     while True:
-        trace_id = secrets.token_hex(16)
+        trace_id = os.urandom(16).hex()  # secrets.token_hex's source, without its 3 calls
         if trace_id != _ZERO_TRACE:
             return trace_id
 
