@@ -216,8 +216,12 @@ def global_app(tmp_path: Path) -> FastAPI:
 
 async def test_global_limit_applies_to_routes(global_app: FastAPI) -> None:
     async with running(global_app), client(global_app) as http:
-        statuses = [(await http.get(f"{P}/optional")).status_code for _ in range(5)]
-        assert statuses == [200, 200, 200, 200, 429]
+        responses = [await http.get(f"{P}/optional") for _ in range(5)]
+        assert [r.status_code for r in responses] == [200, 200, 200, 200, 429]
+        first = responses[0]
+        assert first.headers.get_list("ratelimit-policy") == ['"global";q=4;w=60']
+        assert re.fullmatch(r'"global";r=3;t=(\d+)', first.headers["ratelimit"])
+        assert 0 < int(first.headers["ratelimit"].rpartition("=")[2]) <= 60
         refused = await http.get(f"{P}/optional")
         _assert_429(refused)
         assert refused.headers["ratelimit-policy"] == '"global";q=4;w=60'

@@ -18,10 +18,17 @@ from collections.abc import Sequence
 
 from app_kernel.reliability.backends.base import RateLimitResult
 
-__all__ = ("merge_header", "rate_limit_headers", "retry_after")
+__all__ = (
+    "merge_header",
+    "rate_limit_headers",
+    "rate_limit_policy",
+    "retry_after",
+    "whole_seconds",
+)
 
 
-def _seconds(value: float) -> int:
+def whole_seconds(value: float) -> int:
+    """Seconds for ``t`` and ``w``: rounded up, never negative."""
     return max(0, math.ceil(value))
 
 
@@ -35,15 +42,15 @@ def rate_limit_headers(names: Sequence[str], result: RateLimitResult) -> dict[st
     policies: list[str] = []
     limits: list[str] = []
     for name, state in zip(names, result.states, strict=True):
-        policies.append(_policy(name, state.limit.requests, state.limit.window_seconds))
-        limits.append(f'"{name}";r={state.remaining};t={_seconds(state.reset_seconds)}')
+        policies.append(rate_limit_policy(name, state.limit.requests, state.limit.window_seconds))
+        limits.append(f'"{name}";r={state.remaining};t={whole_seconds(state.reset_seconds)}')
     return {"RateLimit-Policy": ", ".join(policies), "RateLimit": ", ".join(limits)}
 
 
 @functools.lru_cache(maxsize=1024)
-def _policy(name: str, requests: int, window_seconds: float) -> str:
+def rate_limit_policy(name: str, requests: int, window_seconds: float) -> str:
     """One ``RateLimit-Policy`` member (the same for every hit of a limit)."""
-    return f'"{name}";q={requests};w={_seconds(window_seconds)}'
+    return f'"{name}";q={requests};w={whole_seconds(window_seconds)}'
 
 
 def retry_after(result: RateLimitResult) -> str:

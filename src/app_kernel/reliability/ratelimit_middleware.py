@@ -8,6 +8,7 @@ credential, else by its client IP. Headers merge with a route's own
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -16,8 +17,15 @@ from starlette.requests import Request
 
 from app_kernel._runtime import kernel_of_app
 from app_kernel.errors import BackendUnavailable
+from app_kernel.reliability.backends.base import RateLimitResult
 from app_kernel.reliability.ratelimit_deps import caller_key, too_many_requests_detail
-from app_kernel.reliability.ratelimit_headers import merge_header, rate_limit_headers, retry_after
+from app_kernel.reliability.ratelimit_headers import (
+    merge_header,
+    rate_limit_headers,
+    rate_limit_policy,
+    retry_after,
+    whole_seconds,
+)
 from app_kernel.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -75,13 +83,12 @@ class GlobalRateLimitMiddleware:
                 {"Retry-After": "1"},
             )
             return
-        headers = rate_limit_headers((_POLICY,), result)
         if not result.allowed:
+            headers = rate_limit_headers((_POLICY,), result)
             headers["Retry-After"] = retry_after(result)
             await _problem(scope, send, 429, too_many_requests_detail(result), headers)
             return
-        policy = headers["RateLimit-Policy"].encode("latin-1")
-        limit = headers["RateLimit"].encode("latin-1")
+        policy, limit = _header_values(result)
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -114,11 +121,33 @@ def global_limit_exemptions(app: FastAPI, settings: KernelSettings) -> dict[str,
     }
 
 
+def _header_values(result: RateLimitResult) -> tuple[bytes, bytes]:
+    """``RateLimit-Policy`` and ``RateLimit`` of an allowed hit, as header bytes."""
+    if len(result.states) != 1:
+        headers = rate_limit_headers((_POLICY,), result)
+        return (
+            headers["RateLimit-Policy"].encode("latin-1"),
+            headers["RateLimit"].encode("latin-1"),
+        )
+    # The usual case, built without the dict: the same text as rate_limit_headers.
+    state = result.states[0]
+    policy = _policy_value(state.limit.requests, state.limit.window_seconds)
+    return policy, b'"global";r=%d;t=%d' % (state.remaining, whole_seconds(state.reset_seconds))
+
+
+@functools.lru_cache(maxsize=64)
+def _policy_value(requests: int, window_seconds: float) -> bytes:
+    return rate_limit_policy(_POLICY, requests, window_seconds).encode("latin-1")
+
+
 def _merged(
     headers: list[tuple[bytes, bytes]], policy: bytes, limit: bytes
 ) -> list[tuple[bytes, bytes]]:
     """``headers`` with the global policy first in one RateLimit(-Policy) field each."""
-    if not any(name.lower().startswith(b"ratelimit") for name, _ in headers):
+    for name, _ in headers:
+        if name[:9].lower() == b"ratelimit":
+            break
+    else:  # the route set none of its own
         headers.append((b"ratelimit-policy", policy))
         headers.append((b"ratelimit", limit))
         return headers
