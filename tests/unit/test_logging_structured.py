@@ -6,15 +6,17 @@ import asyncio
 import io
 import json
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from _log_capture import configured_logging, kernel_handler_alone
 from app_kernel import get_logger, log_context
-from app_kernel.observability.logging import HotPathLogger
+from app_kernel.observability.logging import HotPathLogger, _add_timestamp
 
 
 def _lines(stream: io.StringIO) -> list[dict[str, Any]]:
@@ -37,6 +39,26 @@ def test_fields_are_written_as_json(stream: io.StringIO) -> None:
     assert line["level"] == "info"
     assert line["service"] == "svc"
     assert line["timestamp"].endswith("Z")
+
+
+@pytest.mark.parametrize(
+    "nanos",
+    [
+        1_795_766_400_000_000_000,
+        1_795_766_400_000_123_999,
+        1_795_766_459_999_999_500,
+        1_795_766_460_500_000_000,
+    ],
+)
+def test_timestamps_read_as_structlog_writes_them(
+    nanos: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whole seconds lose the fraction, as datetime.isoformat; the cached second turns over."""
+    monkeypatch.setattr(time, "time_ns", lambda: nanos)
+    ours = _add_timestamp(None, "info", {})["timestamp"]
+    second, rest = divmod(nanos, 1_000_000_000)
+    moment = datetime.fromtimestamp(second, UTC).replace(microsecond=rest // 1000)
+    assert ours == moment.isoformat().replace("+00:00", "Z")
 
 
 def test_standard_library_records_are_json_too(stream: io.StringIO) -> None:

@@ -14,6 +14,7 @@ import functools
 import logging
 import re
 import sys
+import time
 from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from typing import Any, Literal
@@ -329,13 +330,34 @@ def _add_request_context(_: WrappedLogger, __: str, event_dict: EventDict) -> Ev
     return event_dict
 
 
+_second_stamp: tuple[int, str] = (-1, "")
+
+
+def _add_timestamp(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """``timestamp`` as structlog's ``TimeStamper(fmt="iso", utc=True)`` writes it.
+
+    ``2026-11-27T08:11:06.123456Z``, or without the fraction on a whole second,
+    as ``datetime.isoformat`` does. The date and time up to the second are
+    formatted once per second rather than on every line.
+    """
+    global _second_stamp
+    second, nanos = divmod(time.time_ns(), 1_000_000_000)
+    micro = nanos // 1000  # floored, as datetime.now() does
+    cached_second, prefix = _second_stamp
+    if cached_second != second:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _second_stamp = (second, prefix)
+    event_dict["timestamp"] = f"{prefix}.{micro:06d}Z" if micro else f"{prefix}Z"
+    return event_dict
+
+
 def _shared_processors() -> list[Processor]:
     return [
         merge_contextvars,
         _add_request_context,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _add_timestamp,
     ]
 
 
