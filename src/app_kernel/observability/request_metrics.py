@@ -108,6 +108,21 @@ def _captured_headers(scope: Scope) -> dict[bytes, str]:
     return found
 
 
+_last_hour: tuple[int, tuple[int, int, int, int]] = (-1, (0, 0, 0, 0))
+
+
+def _hour_of(stamp: float) -> tuple[int, int, int, int]:
+    """UTC (year, month, day, hour) of an epoch time; worked out once per hour."""
+    global _last_hour
+    hours = int(stamp // 3600)
+    cached_hours, parts = _last_hour
+    if cached_hours != hours:
+        moment = datetime.fromtimestamp(hours * 3600, UTC)
+        parts = (moment.year, moment.month, moment.day, moment.hour)
+        _last_hour = (hours, parts)
+    return parts
+
+
 def _cut(text: str | None, length: int) -> str | None:
     return None if text is None else text[:length]
 
@@ -372,13 +387,13 @@ class RequestMetricsObserver:
             country = country.strip().upper()
             if len(country) != 2 or not country.isalpha() or not country.isascii():
                 country = None
-        moment = datetime.fromtimestamp(stamp, UTC)
+        year, month, day, hour = _hour_of(stamp)
         record = {
             "timestamp": stamp,
-            "year": moment.year,
-            "month": moment.month,
-            "day": moment.day,
-            "hour": moment.hour,
+            "year": year,
+            "month": month,
+            "day": day,
+            "hour": hour,
             "method": str(scope["method"])[:16],
             "path": str(scope["path"])[:_MAX_PATH],
             "route": self.route_of(scope)[:_MAX_TEXT],
@@ -386,7 +401,7 @@ class RequestMetricsObserver:
             "request_id": _cut(state.get("request_id"), _MAX_ID),
             "status_code": status,
             "error": _error_detail(status, error_body) if status >= 400 else None,
-            "latency_ms": round(latency_ms, 3),
+            "latency_ms": round(latency_ms * 1000) / 1000,  # to the microsecond
             "client_ip": _cut(state.get("client_ip"), 64),
             "user_agent": _cut(headers.get(b"user-agent"), _MAX_TEXT),
             "referer": _cut(headers.get(b"referer"), _MAX_TEXT),
