@@ -17,7 +17,7 @@ from app_kernel.errors import KernelError, KernelNotInitialized
 from app_kernel.observability import MetricMisuse, Metrics, get_metrics
 from app_kernel.observability.metrics import prometheus_name
 from app_kernel.observability.prometheus import compact_dead_files
-from app_kernel.observability.tracing import parse_traceparent
+from app_kernel.observability.tracing import parse_traceparent, trace_id_of
 
 DEAD_PID = 2**22 + 1000
 """Above Linux's largest pid_max, so never a live process."""
@@ -228,6 +228,27 @@ class TestTraceparent:
     )
     def test_invalid(self, value: str) -> None:
         assert parse_traceparent(value) is None
+
+    FRESH = "0123456789abcdef0123456789abcdef"
+
+    @pytest.mark.parametrize(
+        ("headers", "expected"),
+        [
+            ([], FRESH),  # no header: the id the caller drew
+            ([(b"traceparent", GOOD.encode())], "4bf92f3577b34da6a3ce929d0e0e4736"),
+            ([(b"traceparent", b"garbage")], FRESH),
+            ([(b"traceparent", GOOD.encode())] * 2, FRESH),  # given twice: ignored
+        ],
+    )
+    def test_trace_id_of_a_request(self, headers: list[tuple[bytes, bytes]], expected: str) -> None:
+        assert trace_id_of({"headers": headers}, self.FRESH) == expected
+
+    @pytest.mark.parametrize("fresh", [None, "0" * 32, "abc"])
+    def test_an_unusable_fresh_id_is_replaced_by_a_new_one(self, fresh: str | None) -> None:
+        made = trace_id_of({"headers": []}, fresh)
+        assert len(made) == 32
+        assert made != "0" * 32
+        assert parse_traceparent(f"00-{made}-00f067aa0ba902b7-01") == made
 
 
 def _write(path: Path, entries: dict[tuple[str, str, tuple[tuple[str, str], ...]], float]) -> None:

@@ -51,18 +51,27 @@ def new_trace_id() -> str:
             return trace_id
 
 
-def trace_id_of(scope: Scope) -> str:
-    """The trace id of the request's valid ``traceparent``, or a new one."""
+def trace_id_of(scope: Scope, fresh: str | None = None) -> str:
+    """The trace id of the request's valid ``traceparent``, or a new one.
+
+    Args:
+        scope: the request's ASGI scope.
+        fresh: 32 random hex digits the caller already drew, used as the new
+            id when the request brings none (a new one is drawn without it).
+    """
     found: bytes | None = None
     for name, value in scope["headers"]:
         if name == b"traceparent":
             if found is not None:
-                return new_trace_id()  # given twice: ignored
+                found = None  # given twice: ignored
+                break
             found = value
     if found is not None:
         trace_id = parse_traceparent(found.decode("latin-1"))
         if trace_id is not None:
             return trace_id
+    if fresh is not None and len(fresh) == 32 and fresh != _ZERO_TRACE:
+        return fresh
     return new_trace_id()
 
 

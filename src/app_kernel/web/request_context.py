@@ -105,7 +105,8 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        rid = _incoming_id(scope) or os.urandom(16).hex()
+        fresh = os.urandom(32).hex()  # a new request id and trace id, in one draw
+        rid = _incoming_id(scope) or fresh[:32]
         client_ip = self.client_ip(scope)
         state = scope.setdefault("state", {})
         state["request_id"] = rid
@@ -132,7 +133,7 @@ class RequestContextMiddleware:
 
         id_token = request_id.set(rid)
         ip_token = request_client_ip.set(client_ip)
-        trace_token = set_trace_id(trace_id_of(scope))
+        trace_token = set_trace_id(trace_id_of(scope, fresh[32:]))
         observers = self.observers
         started_at = time.time()
         started = time.perf_counter()
