@@ -159,7 +159,7 @@ class RequestContextMiddleware:
                     method=scope["method"],
                     route=route_template(scope),
                     status=status,
-                    duration_ms=round(seconds * 1000, 2),
+                    duration_ms=round(seconds * 100_000) / 100,  # round(x, 2) costs more
                 )
                 if not self._serving:
                     # Access lines are written once per loop pass, for all the

@@ -116,6 +116,10 @@ class RedisRateLimitBackend:
         except RedisError as exc:
             msg = f"Redis rate limit: {'hit' if record else 'peek'} failed: {exc}"
             raise BackendUnavailable(msg) from exc
+        if len(limits) == 1:  # the usual case, without the generator
+            return (
+                LimitState(limits[0], int(reply[0]), int(reply[1]) / 1000, int(reply[2]) / 1000),
+            )
         return tuple(
             LimitState(
                 limit=limit,
