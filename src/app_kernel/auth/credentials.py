@@ -34,24 +34,26 @@ def read_credential(scope: Scope, max_bytes: int) -> Credential | None:
     headers, two ``X-API-Key`` headers, both kinds at once, another scheme, or a
     value over ``max_bytes`` are refused with 401 rather than guessed at.
     """
-    authorization: list[bytes] = []
-    api_keys: list[bytes] = []
+    authorization: bytes | None = None
+    api_key: bytes | None = None
+    found = 0
     for name, value in scope["headers"]:
         if name == b"authorization":
-            authorization.append(value)
+            authorization = value
+            found += 1
         elif name == b"x-api-key":
-            api_keys.append(value)
-    if not authorization and not api_keys:
+            api_key = value
+            found += 1
+    if not found:
         return None
-    if len(authorization) + len(api_keys) > 1:
+    if found > 1:
         detail = "Send exactly one credential."
         raise AuthError.invalid(detail)
-    if api_keys:
-        key = api_keys[0]
-        if len(key) > max_bytes or not key:
+    if api_key is not None:
+        if len(api_key) > max_bytes or not api_key:
             raise AuthError.invalid()
-        return Credential("apikey", key.decode("latin-1").strip())
-    raw = authorization[0]
+        return Credential("apikey", api_key.decode("latin-1").strip())
+    raw = authorization or b""
     if len(raw) > max_bytes + 16:
         raise AuthError.invalid()
     scheme, _, token = raw.decode("latin-1").strip().partition(" ")
