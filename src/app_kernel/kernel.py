@@ -261,6 +261,7 @@ class Kernel:
             )
         stack = AsyncExitStack()
         try:
+            await self.auth.hasher.warm()
             await self.database.open()
             stack.push_async_callback(self.database.close)
             if self.sqlite is not None:

@@ -203,6 +203,27 @@ class TestDefaults:
 class TestAsync:
     """Hashing off the loop, bounded by the semaphore."""
 
+    async def test_construction_hashes_nothing_and_warm_hashes_off_the_loop(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Building a kernel on a running loop must not block it with the dummy hash."""
+        threads: list[int] = []
+        real = passwords.argon2.PasswordHasher.hash
+
+        def recording(self: object, password: str | bytes, **kwargs: object) -> str:
+            threads.append(threading.get_ident())
+            return real(self, password, **kwargs)
+
+        monkeypatch.setattr(passwords.argon2.PasswordHasher, "hash", recording)
+        hasher = cheap()
+        assert threads == []
+        await hasher.warm()
+        await hasher.warm()  # made once
+        assert len(threads) == 1
+        assert threads[0] != threading.get_ident()
+        assert params(hasher.dummy_hash) == (8, 1, 1)
+        assert len(threads) == 1
+
     async def test_async_round_trip(self, hasher: PasswordHasher) -> None:
         hashed = await hasher.hash_async("pw-async")
         assert await hasher.verify_async("pw-async", hashed)

@@ -100,7 +100,9 @@ class PasswordHasher:
         self._semaphores = weakref.WeakKeyDictionary()
         # Verified against for unknown users and unusable hashes, so those
         # paths cost one hash with the live parameters (Django CVE-2016-2513).
-        self._dummy_hash = self._argon2.hash(secrets.token_urlsafe(32))
+        # Made on first use or by warm(), not here: it costs a full hash, and
+        # a kernel may be built on a running event loop.
+        self._dummy_hash: str | None = None
 
     @classmethod
     def from_settings(cls, auth: AuthSettings) -> PasswordHasher:
@@ -134,8 +136,20 @@ class PasswordHasher:
 
     @property
     def dummy_hash(self) -> str:
-        """A hash of a random string, made at construction with the live parameters."""
-        return self._dummy_hash
+        """A hash of a random string with the live parameters (blocking on first use)."""
+        dummy = self._dummy_hash
+        if dummy is None:
+            dummy = self._dummy_hash = self._argon2.hash(secrets.token_urlsafe(32))
+        return dummy
+
+    async def warm(self) -> None:
+        """Make :attr:`dummy_hash` in a worker thread if it is not made yet.
+
+        The kernel calls it at start-up, so the first login of an unknown user
+        costs one hash, like any other, instead of two.
+        """
+        if self._dummy_hash is None:
+            await self._offload(getattr, self, "dummy_hash")
 
     def hash(self, password: str) -> str:
         """Hash ``password`` with a fresh random salt.
@@ -204,12 +218,15 @@ class PasswordHasher:
         Returns:
             Always False.
         """
-        await self._offload(self.verify, password, self._dummy_hash)
+        await self._offload(self._verify_dummy, password)
         return False
+
+    def _verify_dummy(self, password: str) -> bool:
+        return self.verify(password, self.dummy_hash)
 
     def _burn(self, password: str) -> None:
         with contextlib.suppress(VerificationError):
-            self._argon2.verify(self._dummy_hash, password.encode("utf-8", "surrogatepass"))
+            self._argon2.verify(self.dummy_hash, password.encode("utf-8", "surrogatepass"))
 
     def _semaphore(self) -> asyncio.Semaphore:
         loop = asyncio.get_running_loop()
