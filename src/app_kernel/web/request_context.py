@@ -57,10 +57,13 @@ def _template_of(route: object, scope: Scope) -> str:
     root_path: str = scope.get("root_path", "")
     if root_path and path.startswith(root_path):
         path = path[len(root_path) :]
-    try:
-        rendered = template.format(**scope.get("path_params", {}))
-    except (KeyError, IndexError, ValueError):
-        return template
+    if "{" not in template:  # no parameters: the template renders as itself
+        rendered = template
+    else:
+        try:
+            rendered = template.format(**scope.get("path_params", {}))
+        except (KeyError, IndexError, ValueError):
+            return template
     if rendered and path.endswith(rendered):
         return path[: len(path) - len(rendered)] + template
     return template
