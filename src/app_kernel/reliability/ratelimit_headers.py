@@ -16,19 +16,18 @@ import functools
 import math
 from collections.abc import Sequence
 
-from app_kernel.reliability.backends.base import RateLimitResult
+from app_kernel.reliability.backends.base import LimitState, RateLimitResult
 
 __all__ = (
     "merge_header",
     "rate_limit_headers",
     "rate_limit_policy",
+    "rate_limit_state",
     "retry_after",
-    "whole_seconds",
 )
 
 
-def whole_seconds(value: float) -> int:
-    """Seconds for ``t`` and ``w``: rounded up, never negative."""
+def _seconds(value: float) -> int:
     return max(0, math.ceil(value))
 
 
@@ -43,14 +42,19 @@ def rate_limit_headers(names: Sequence[str], result: RateLimitResult) -> dict[st
     limits: list[str] = []
     for name, state in zip(names, result.states, strict=True):
         policies.append(rate_limit_policy(name, state.limit.requests, state.limit.window_seconds))
-        limits.append(f'"{name}";r={state.remaining};t={whole_seconds(state.reset_seconds)}')
+        limits.append(rate_limit_state(name, state))
     return {"RateLimit-Policy": ", ".join(policies), "RateLimit": ", ".join(limits)}
 
 
 @functools.lru_cache(maxsize=1024)
 def rate_limit_policy(name: str, requests: int, window_seconds: float) -> str:
     """One ``RateLimit-Policy`` member (the same for every hit of a limit)."""
-    return f'"{name}";q={requests};w={whole_seconds(window_seconds)}'
+    return f'"{name}";q={requests};w={_seconds(window_seconds)}'
+
+
+def rate_limit_state(name: str, state: LimitState) -> str:
+    """One ``RateLimit`` member: what is left of a limit after a hit."""
+    return f'"{name}";r={state.remaining};t={_seconds(state.reset_seconds)}'
 
 
 def retry_after(result: RateLimitResult) -> str:

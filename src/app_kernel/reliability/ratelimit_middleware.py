@@ -23,8 +23,8 @@ from app_kernel.reliability.ratelimit_headers import (
     merge_header,
     rate_limit_headers,
     rate_limit_policy,
+    rate_limit_state,
     retry_after,
-    whole_seconds,
 )
 from app_kernel.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -129,10 +129,10 @@ def _header_values(result: RateLimitResult) -> tuple[bytes, bytes]:
             headers["RateLimit-Policy"].encode("latin-1"),
             headers["RateLimit"].encode("latin-1"),
         )
-    # The usual case, built without the dict: the same text as rate_limit_headers.
+    # The usual case, one limit, built without the lists and the dict.
     state = result.states[0]
     policy = _policy_value(state.limit.requests, state.limit.window_seconds)
-    return policy, b'"global";r=%d;t=%d' % (state.remaining, whole_seconds(state.reset_seconds))
+    return policy, rate_limit_state(_POLICY, state).encode("latin-1")
 
 
 @functools.lru_cache(maxsize=64)
