@@ -116,19 +116,20 @@ class RedisRateLimitBackend:
         except RedisError as exc:
             msg = f"Redis rate limit: {'hit' if record else 'peek'} failed: {exc}"
             raise BackendUnavailable(msg) from exc
-        if len(limits) == 1:  # the usual case, without the generator
-            return (
-                LimitState(limits[0], int(reply[0]), int(reply[1]) / 1000, int(reply[2]) / 1000),
+        # Three numbers per limit: remaining, reset ms, retry-after ms. A plain
+        # loop, not a generator: this runs on every rate-limited request.
+        states = []
+        for i, limit in enumerate(limits):
+            at = 3 * i
+            states.append(
+                LimitState(
+                    limit=limit,
+                    remaining=int(reply[at]),
+                    reset_seconds=int(reply[at + 1]) / 1000,
+                    retry_after_seconds=int(reply[at + 2]) / 1000,
+                )
             )
-        return tuple(
-            LimitState(
-                limit=limit,
-                remaining=int(reply[3 * i]),
-                reset_seconds=int(reply[3 * i + 1]) / 1000,
-                retry_after_seconds=int(reply[3 * i + 2]) / 1000,
-            )
-            for i, limit in enumerate(limits)
-        )
+        return tuple(states)
 
     async def hit(
         self, key: str, limits: tuple[Limit, ...], exact_threshold: int
