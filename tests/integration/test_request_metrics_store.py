@@ -362,3 +362,28 @@ async def test_a_full_queue_drops_the_new_batch_when_none_of_ours_still_waits() 
     assert await recorder.flush() == 2
     assert asked == ["job-0", "job-1"]  # each tried once, oldest first
     assert recorder.batches_dropped == 2
+
+
+async def test_records_captured_during_a_flush_wait_for_the_next_one() -> None:
+    """Under load a flush must not chase new records with one small batch after another."""
+    payloads: list[dict[str, Any]] = []
+
+    async def backlog() -> int:
+        return 0
+
+    recorder: RequestMetricsRecorder
+
+    async def enqueue(payload: dict[str, Any]) -> None:
+        payloads.append(payload)
+        recorder.buffer.add({"n": "late"})  # a request finishing while the batch is sent
+
+    recorder = RequestMetricsRecorder(
+        RequestMetricsSettings(enabled=True, batch_size=2), None, enqueue=enqueue, backlog=backlog
+    )
+    for n in range(5):
+        recorder.buffer.add({"n": n})
+    assert await recorder.flush() == 3
+    assert [[r["n"] for r in p["records"]] for p in payloads] == [[0, 1], [2, 3], [4]]
+    assert len(recorder.buffer) == 3  # the late ones, for the next flush
+    assert await recorder.flush() == 2
+    assert [r["n"] for r in payloads[3]["records"]] == ["late", "late"]

@@ -259,11 +259,17 @@ class RequestMetricsRecorder:
                 _log.warning("request metrics: flush failed", error=repr(exc))
 
     async def flush(self) -> int:
-        """Enqueue every buffered record now, in batches; answer how many batches went."""
+        """Enqueue the records buffered when called, in batches; answer how many batches went.
+
+        Records captured while the batches are being enqueued wait for the next
+        flush: under load, chasing them would turn one flush into an endless
+        stream of small batches, each a job of its own.
+        """
         buffer = self.buffer
+        left = len(buffer)
         if self.metrics is not None:
-            self.metrics.gauge(BUFFERED, len(buffer))
-        if not len(buffer):
+            self.metrics.gauge(BUFFERED, left)
+        if not left:
             return 0
         try:
             waiting = await self._backlog()
@@ -272,8 +278,9 @@ class RequestMetricsRecorder:
             waiting = 0
         sent = 0
         settings = self.settings
-        while len(buffer):
-            batch = buffer.take(settings.batch_size)
+        while left > 0:
+            batch = buffer.take(min(settings.batch_size, left))
+            left -= settings.batch_size
             if waiting >= settings.max_queued_batches:
                 waiting -= await self._drop_oldest()
             if waiting >= settings.max_queued_batches:
