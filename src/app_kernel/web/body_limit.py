@@ -22,8 +22,11 @@ class BodyLimitMiddleware:
     """Answer 413 when a request body exceeds ``max_bytes``.
 
     A ``Content-Length`` over the limit is refused before the app runs; a body
-    without one (chunked) is counted as it is read and refused once it passes
-    the limit, if the app has not started answering by then.
+    without one (chunked, or HTTP/2 and later) is counted as it is read and
+    refused once it passes the limit, if the app has not started answering by
+    then. An HTTP/1.x request with an accepted ``Content-Length``, or with no
+    length and no ``Transfer-Encoding`` (no body), goes through untouched: the
+    server reads no more than that framing allows.
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
@@ -34,6 +37,7 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        framed = False  # the HTTP/1 framing bounds the body: nothing to count
         for name, value in scope["headers"]:
             if name == b"content-length":
                 try:
@@ -44,7 +48,17 @@ class BodyLimitMiddleware:
                 if declared > self.max_bytes:
                     await self._too_large(scope, receive, send)
                     return
+                framed = True
+            elif name == b"transfer-encoding":
+                framed = False
                 break
+        else:
+            # HTTP/1.x without Content-Length or Transfer-Encoding has no body at
+            # all; HTTP/2 and later may stream one without a length.
+            framed = framed or scope.get("http_version") in ("1.0", "1.1")
+        if framed:
+            await self.app(scope, receive, send)
+            return
         received = 0
         started = False
 
