@@ -13,7 +13,8 @@ Outermost first, as a request meets them:
    shows the problem rather than an opaque network error.
 4. :class:`UnhandledErrorMiddleware`: an exception nobody handled becomes a
    500 problem (inside 1 to 3, so that answer has the id and headers too).
-5. :class:`AllowedHostsMiddleware`: unknown Host headers get 400.
+5. :class:`AllowedHostsMiddleware`: unknown Host headers get 400 (left out when
+   ``allowed_hosts`` holds ``*``).
 6. The global rate limit, when ``reliability.global_rate_limit`` is on.
 7. :class:`BodyLimitMiddleware`: bodies over the limit get 413.
 
@@ -63,7 +64,8 @@ def install_http_layer(app: FastAPI, settings: KernelSettings) -> None:
     if settings.reliability.global_rate_limit:
         # Inside CORS, so a 429 carries CORS headers and preflights are never counted.
         app.add_middleware(GlobalRateLimitMiddleware, **global_limit_exemptions(app, settings))
-    app.add_middleware(AllowedHostsMiddleware, allowed_hosts=http.allowed_hosts)
+    if "*" not in http.allowed_hosts:  # with "*" the layer would pass everything through
+        app.add_middleware(AllowedHostsMiddleware, allowed_hosts=http.allowed_hosts)
     app.add_middleware(UnhandledErrorMiddleware, debug=settings.debug)
     app.add_middleware(
         KernelCORSMiddleware,
