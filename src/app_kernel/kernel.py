@@ -299,13 +299,9 @@ class Kernel:
     async def _cancel_waiting_batch(self, job_id: str) -> bool:
         """Cancel a request-metrics batch only while it waits (never a running store).
 
-        A worker may claim it between the two calls; the store is then stopped
-        and the batch lost, which is what dropping it meant anyway.
+        One backend call, which decides atomically; it never reads the batch.
         """
-        info = await self.job_queue.get(job_id)
-        if info is None or info.status != "queued":
-            return False
-        return await self.job_queue.cancel(job_id)
+        return await self.job_queue.cancel(job_id, waiting_only=True)
 
     async def _request_metrics_backlog(self) -> int:
         status = await self.job_queue.status()

@@ -663,6 +663,31 @@ async def test_cancel_a_running_job_asks_its_worker(queue: JobQueue) -> None:
     assert reply.cancel_requested is True
 
 
+async def test_cancel_waiting_only_leaves_a_running_job_alone(queue: JobQueue) -> None:
+    """What the request-metrics recorder asks of a batch: drop it only if it still waits."""
+    running, waiting, scheduled = _spec(), _spec(), _spec(delay_seconds=30)
+    await queue.enqueue([running])
+    claimed = await _claim_one(queue)
+    await queue.enqueue([waiting, scheduled])
+
+    assert await queue.cancel(running.job_id, waiting_only=True) is False
+    reply = await queue.heartbeat(running.job_id, claimed.token, LEASE)
+    assert reply.owned is True
+    assert reply.cancel_requested is False
+    info = await queue.get(running.job_id)
+    assert info is not None
+    assert info.status == "running"
+
+    assert await queue.cancel(waiting.job_id, waiting_only=True) is True
+    assert await queue.cancel(scheduled.job_id, waiting_only=True) is True
+    assert await queue.cancel(_id(), waiting_only=True) is False
+    for job_id in (waiting.job_id, scheduled.job_id):
+        info = await queue.get(job_id)
+        assert info is not None
+        assert info.status == "cancelled"
+    assert await queue.claim("w2", 5, lease_seconds=LEASE) == []
+
+
 async def test_cancel_a_finished_or_unknown_job(queue: JobQueue) -> None:
     spec = _spec()
     await queue.enqueue([spec])

@@ -249,10 +249,11 @@ class JobQueue(Protocol):
     async def get(self, job_id: str) -> JobInfo | None:
         """The job's record, or None when unknown or expired."""
 
-    async def cancel(self, job_id: str) -> bool:
+    async def cancel(self, job_id: str, *, waiting_only: bool = False) -> bool:
         """Cancel a queued, scheduled or retrying job (removed from its queue);
-        for a running job, ask its worker to stop (through the heartbeat).
-        False when the job is unknown or already finished."""
+        for a running job, ask its worker to stop (through the heartbeat),
+        unless ``waiting_only``. False when the job is unknown, already
+        finished, or (with ``waiting_only``) running."""
 
     async def list_dead(self, limit: int = 100, offset: int = 0) -> list[JobInfo]:
         """Dead jobs, most recent first."""

@@ -446,10 +446,11 @@ class RedisJobQueue:
             return None
         return _info(job_id, {_text(k): _text(v) for k, v in record.items()})
 
-    async def cancel(self, job_id: str) -> bool:
+    async def cancel(self, job_id: str, *, waiting_only: bool = False) -> bool:
         """Cancel a waiting job, or ask a running one to stop (see the protocol)."""
         with _wrap_errors("cancel"):
-            done = await self._run("cancel", [_arg(job_id), _ms(CANCELLED_TTL_SECONDS)])
+            args = (_arg(job_id), _ms(CANCELLED_TTL_SECONDS), 1 if waiting_only else 0)
+            done = await self._run("cancel", args)
         return int(done) == 1
 
     async def list_dead(self, limit: int = 100, offset: int = 0) -> list[JobInfo]:

@@ -631,8 +631,9 @@ class SqliteJobQueue:
 
         return await self._store.read(run)
 
-    async def cancel(self, job_id: str) -> bool:
-        """Cancel a waiting job, or ask a running job's worker to stop."""
+    async def cancel(self, job_id: str, *, waiting_only: bool = False) -> bool:
+        """Cancel a waiting job, or ask a running job's worker to stop (not
+        with ``waiting_only``)."""
 
         def run(conn: sqlite3.Connection) -> bool:
             now = self._clock()
@@ -644,6 +645,8 @@ class SqliteJobQueue:
             )
             if cursor.rowcount == 1:
                 return True
+            if waiting_only:
+                return False
             cursor = conn.execute(
                 "UPDATE jobs SET cancel_requested = 1 WHERE job_id = ? AND status = 'running'",
                 (key,),
