@@ -37,7 +37,7 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        framed = False  # the HTTP/1 framing bounds the body: nothing to count
+        framed = False  # True when the framing bounds the body: nothing to count then
         for name, value in scope["headers"]:
             if name == b"content-length":
                 try:
