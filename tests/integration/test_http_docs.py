@@ -10,6 +10,7 @@ from typing import Annotated
 import httpx
 import pytest
 from fastapi import APIRouter, Depends, FastAPI
+from fastapi.security import OAuth2PasswordBearer
 
 from _app_factory import build_app, serve, settings_for
 from app_kernel import init_app_kernel
@@ -128,3 +129,30 @@ def test_routes_using_the_user_dependencies_list_both_credentials(
     schemes = schema["components"]["securitySchemes"]
     assert schemes["APIKeyHeader"] == {"type": "apiKey", "in": "header", "name": "X-API-Key"}
     assert schemes["OAuth2PasswordBearer"]["flows"]["password"]["tokenUrl"] == "/auth/login"
+
+
+# Module level: the annotations are strings, resolved against the module's globals.
+_partner_oauth = OAuth2PasswordBearer(tokenUrl="/partner/token", scheme_name="PartnerOAuth")
+
+
+def test_an_app_s_own_oauth2_scheme_keeps_its_token_url(tmp_path: Path) -> None:
+    """Only the kernel's scheme points at the kernel's login route."""
+    app = FastAPI()
+    router = APIRouter()
+
+    @router.get("/partner")
+    async def partner(token: Annotated[str, Depends(_partner_oauth)]) -> str:
+        return token
+
+    @router.get("/mine")
+    async def mine(user: Annotated[UserIdentity, Depends(get_current_user)]) -> str:
+        return user.id
+
+    app.include_router(router)
+    init_app_kernel(app, settings_for(tmp_path))
+    schema = app.openapi()
+
+    schemes = schema["components"]["securitySchemes"]
+    assert schemes["PartnerOAuth"]["flows"]["password"]["tokenUrl"] == "/partner/token"
+    assert schemes["OAuth2PasswordBearer"]["flows"]["password"]["tokenUrl"] == "/auth/login"
+    assert schema["paths"]["/partner"]["get"]["security"] == [{"PartnerOAuth": []}]
