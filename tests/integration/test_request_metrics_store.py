@@ -387,3 +387,25 @@ async def test_records_captured_during_a_flush_wait_for_the_next_one() -> None:
     assert len(recorder.buffer) == 3  # the late ones, for the next flush
     assert await recorder.flush() == 2
     assert [r["n"] for r in payloads[3]["records"]] == ["late", "late"]
+
+
+async def test_two_flushes_at_once_send_each_record_once() -> None:
+    payloads: list[dict[str, Any]] = []
+
+    async def backlog() -> int:
+        await asyncio.sleep(0)  # both flushes count their records before either takes any
+        return 0
+
+    async def enqueue(payload: dict[str, Any]) -> None:
+        payloads.append(payload)
+        await asyncio.sleep(0)
+
+    recorder = RequestMetricsRecorder(
+        RequestMetricsSettings(enabled=True, batch_size=2), None, enqueue=enqueue, backlog=backlog
+    )
+    for n in range(5):
+        recorder.buffer.add({"n": n})
+    sent = await asyncio.gather(recorder.flush(), recorder.flush())
+    assert sum(sent) == len(payloads)
+    assert all(p["records"] for p in payloads)  # no empty batch
+    assert sorted(r["n"] for p in payloads for r in p["records"]) == [0, 1, 2, 3, 4]

@@ -280,6 +280,8 @@ class RequestMetricsRecorder:
         settings = self.settings
         while left > 0:
             batch = buffer.take(min(settings.batch_size, left))
+            if not batch:  # a flush running beside this one took them
+                break
             left -= settings.batch_size
             if waiting >= settings.max_queued_batches:
                 waiting -= await self._drop_oldest()

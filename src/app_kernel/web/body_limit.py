@@ -24,9 +24,10 @@ class BodyLimitMiddleware:
     A ``Content-Length`` over the limit is refused before the app runs; a body
     without one (chunked, or HTTP/2 and later) is counted as it is read and
     refused once it passes the limit, if the app has not started answering by
-    then. An HTTP/1.x request with an accepted ``Content-Length``, or with no
-    length and no ``Transfer-Encoding`` (no body), goes through untouched: the
-    server reads no more than that framing allows.
+    then. A request with an accepted ``Content-Length`` (HTTP/1 and HTTP/2
+    servers deliver no more than it declares), or an HTTP/1.x request with no
+    length and no ``Transfer-Encoding`` (it has no body), goes through
+    untouched.
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
