@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -13,6 +14,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from _log_capture import configured_logging
 from app_kernel import init_app_kernel
 from app_kernel.db.engine import Database
 from app_kernel.jobs import WorkerManager
@@ -409,3 +411,29 @@ async def test_two_flushes_at_once_send_each_record_once() -> None:
     assert sum(sent) == len(payloads)
     assert all(p["records"] for p in payloads)  # no empty batch
     assert sorted(r["n"] for p in payloads for r in p["records"]) == [0, 1, 2, 3, 4]
+
+
+async def test_one_warning_per_flush_however_many_batches_it_drops() -> None:
+    async def enqueue(payload: dict[str, Any]) -> None:
+        raise ConnectionError("queue down")
+
+    async def backlog() -> int:
+        return 0
+
+    recorder = RequestMetricsRecorder(
+        RequestMetricsSettings(enabled=True, batch_size=2), None, enqueue=enqueue, backlog=backlog
+    )
+    with configured_logging(level="INFO", fmt="json") as out:
+        for n in range(5):
+            recorder.buffer.add({"n": n})
+        assert await recorder.flush() == 0
+        recorder.buffer.add({"n": 5})
+        assert await recorder.flush() == 0
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    drops = [line for line in lines if line["event"] == "request metrics: batches dropped"]
+    reason = repr(ConnectionError("queue down"))
+    assert [(d["batches"], d["records"], d["reason"]) for d in drops] == [
+        (3, 5, reason),
+        (1, 1, reason),
+    ]
+    assert recorder.batches_dropped == 4

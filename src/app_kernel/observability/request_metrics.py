@@ -16,7 +16,8 @@ low-priority jobs already wait (no worker keeps up), the oldest batch this
 process still has waiting is cancelled to make room, so the queue keeps the
 newest records; when it has none left to cancel (other processes filled the
 queue), or the queue fails, the new batch is dropped instead. Either way the
-batch is counted in ``request_metrics_batches_dropped_total``.
+batch is counted in ``request_metrics_batches_dropped_total``, and the flush
+ends with one warning per reason giving how many batches and records it dropped.
 """
 
 from __future__ import annotations
@@ -217,6 +218,8 @@ class RequestMetricsRecorder:
         self._stop = asyncio.Event()
         self.batches_queued = 0
         self.batches_dropped = 0
+        # reason -> [batches, records] dropped by the flush under way, logged at its end.
+        self._drops: dict[str, list[int]] = {}
         if metrics is not None:
             metrics.describe(DROPPED, "Request records dropped because the buffer was full.")
             metrics.describe(BATCHES_DROPPED, "Request record batches dropped (queue backlog).")
@@ -272,6 +275,13 @@ class RequestMetricsRecorder:
         if not left:
             return 0
         try:
+            return await self._send_batches(left)
+        finally:
+            self._report_drops()
+
+    async def _send_batches(self, left: int) -> int:
+        buffer = self.buffer
+        try:
             waiting = await self._backlog()
         except Exception as exc:
             _log.warning("request metrics: queue status failed", error=repr(exc))
@@ -325,7 +335,18 @@ class RequestMetricsRecorder:
         self.batches_dropped += 1
         if self.metrics is not None:
             self.metrics.increment(BATCHES_DROPPED)
-        _log.warning("request metrics: batch dropped", records=size, reason=reason)
+        tally = self._drops.setdefault(reason, [0, 0])
+        tally[0] += 1
+        tally[1] += size
+
+    def _report_drops(self) -> None:
+        """One warning per reason for the batches one flush dropped, not one per batch:
+        with no worker running, a flush can drop a batch every second for hours."""
+        drops, self._drops = self._drops, {}
+        for reason, (batches, records) in drops.items():
+            _log.warning(
+                "request metrics: batches dropped", batches=batches, records=records, reason=reason
+            )
 
 
 RouteOf = Callable[["Scope"], str]
