@@ -135,11 +135,11 @@ def _document_security(app: FastAPI, token_url: str | None) -> None:
         if app.openapi_schema is None:
             schema = build()
             schemes = schema.get("components", {}).get("securitySchemes", {})
-            ours = schemes.get(BEARER_SCHEME_NAME, {})
-            password = ours.get("flows", {}).get("password")
-            if token_url is not None and password is not None:
-                password["tokenUrl"] = token_url  # the app's own schemes keep theirs
-            if BEARER_SCHEME_NAME in schemes:
+            ours = schemes.get(BEARER_SCHEME_NAME)
+            if ours is not None:
+                password = ours.get("flows", {}).get("password")
+                if token_url is not None and password is not None:
+                    password["tokenUrl"] = token_url  # the app's own schemes keep theirs
                 schemes.setdefault(API_KEY_SCHEME_NAME, api_key_scheme_definition())
                 _add_api_key_beside_bearer(schema)
         return app.openapi_schema or build()
