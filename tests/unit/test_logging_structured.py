@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import logging
+import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -382,3 +383,41 @@ def test_reconfiguring_applies_to_loggers_already_used() -> None:
             log.info("two")
     assert [(line["event"], line["service"]) for line in _lines(first)] == [("one", "first")]
     assert [(line["event"], line["service"]) for line in _lines(second)] == [("two", "second")]
+
+
+_FLAT_CASES: list[dict[str, Any]] = [
+    {"method": "GET", "route": "/api/v1/widgets/{id}", "status": 200, "duration_ms": 0.95},
+    {"event": 'quote " backslash \\ tab \t newline \n', "n": -3, "ok": True, "no": False},
+    {"event": "naïve café ✓ \u2028", "nothing": None, "big": 2**70, "tiny": 1e-300},
+    {"event": "odd floats", "nan": float("nan"), "inf": float("inf"), "neg": -0.0},
+    {"event": "percent %s %(x)s", "50%": "100%"},
+    {"event": "login", "password": "hunter2"},  # a secret key
+    {"event": "call", "note": "Authorization: Bearer abc.def"},  # a secret in text
+    {"event": "dsn", "url": "postgresql://app:pw@db/app"},
+    {"event": "key", "text": "ak_0123456789ab_" + "x" * 24},
+    {"event": "nested", "headers": {"authorization": "Bearer x"}},  # not flat
+    {"event": "list", "items": [1, 2]},
+    {"event": "subclass", "kind": type("Text", (str,), {})("not a plain str")},
+]
+
+
+@pytest.mark.parametrize("event", _FLAT_CASES)
+def test_flat_lines_are_the_lines_the_full_path_writes(event: dict[str, Any]) -> None:
+    """The shortcut for flat lines writes exactly what redaction and JSONRenderer write."""
+    import structlog
+
+    from app_kernel.observability.logging import _flat_json, redact_secrets
+
+    redacted = redact_secrets(None, "info", dict(event))
+    full = structlog.processors.JSONRenderer()(None, "info", redacted)
+    flat = _flat_json(dict(event))
+    assert flat is None or flat == full
+    plain = all(
+        type(value) in (str, int, bool, type(None))
+        or (type(value) is float and math.isfinite(value))
+        for value in event.values()
+    )
+    if plain and full == json.dumps(event):  # nothing to redact: the shortcut is taken
+        assert flat == full
+    else:
+        assert flat is None
