@@ -19,7 +19,11 @@ from _app_factory import SECRET
 from _auth_helpers import API_PREFIX, add_user, bearer, collector_paused, login, running
 from app_kernel import init_app_kernel
 from app_kernel.kernel import Kernel
-from app_kernel.observability.request_metrics import capture_query_params
+from app_kernel.observability.request_metrics import (
+    RECORD_FIELDS,
+    as_records,
+    capture_query_params,
+)
 from app_kernel.settings import (
     AuthSettings,
     HttpSettings,
@@ -81,7 +85,7 @@ def peer(app: FastAPI, ip: str) -> httpx.AsyncClient:
 
 def records(kernel: Kernel) -> list[dict[str, Any]]:
     buffer = kernel.request_metrics.buffer
-    return buffer.take(len(buffer))
+    return as_records(RECORD_FIELDS, buffer.take(len(buffer)))
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from _auth_helpers import add_user, bearer, collector_paused, login, running
 from app_kernel import init_app_kernel
 from app_kernel.db.engine import Database
 from app_kernel.observability import RequestMetricsStore
+from app_kernel.observability.request_metrics import RECORD_FIELDS, as_records
 from app_kernel.observability.request_metrics_routes import request_metrics_router
 from app_kernel.settings import (
     AuthSettings,
@@ -162,7 +163,8 @@ async def test_the_kernel_mounts_the_routes_for_admins_next_to_prometheus(
         assert prometheus.status_code == 200
         assert "http_requests_total" in prometheus.text
         # The metrics routes themselves are excluded from capture (below /metrics).
-        paths = [r["path"] for r in kernel.request_metrics.buffer.take(100)]
+        rows = kernel.request_metrics.buffer.take(100)
+        paths = [r["path"] for r in as_records(RECORD_FIELDS, rows)]
         assert not [p for p in paths if p.startswith("/metrics")]
         assert "/api/v1/auth/login" in paths
 

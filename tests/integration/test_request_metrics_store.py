@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,11 @@ from app_kernel.db.engine import Database
 from app_kernel.jobs import WorkerManager
 from app_kernel.kernel import Kernel
 from app_kernel.observability import RequestMetricsStore, request_metrics_store
-from app_kernel.observability.request_metrics import RequestMetricsRecorder
+from app_kernel.observability.request_metrics import (
+    RECORD_FIELDS,
+    RequestMetricsRecorder,
+    as_records,
+)
 from app_kernel.settings import (
     JobSettings,
     KernelSettings,
@@ -240,9 +245,9 @@ async def test_a_worker_stores_exactly_what_was_captured(
         buffer = kernel.request_metrics.buffer
         add = buffer.add
 
-        def keep(record: dict[str, Any]) -> bool:
-            captured.append(dict(record))
-            return add(record)
+        def keep(row: Sequence[Any]) -> bool:
+            captured.extend(as_records(RECORD_FIELDS, [row]))
+            return add(row)
 
         monkeypatch.setattr(buffer, "add", keep)
         manager = WorkerManager(kernel, handle_signals=False)
@@ -310,7 +315,12 @@ async def test_without_a_worker_queued_batches_are_bounded(tmp_path: Path) -> No
         # The oldest batches made room: the two left hold the newest records.
         jobs = [await kernel.jobs.get_job(job_id) for job_id in enqueued]
         assert [job.status for job in jobs if job] == ["cancelled"] * 3 + ["queued"] * 2
-        kept = [r["path"] for job in jobs[3:] if job for r in job.payload["records"]]
+        kept = [
+            record["path"]
+            for job in jobs[3:]
+            if job
+            for record in as_records(job.payload["fields"], job.payload["rows"])
+        ]
         assert kept == [f"/items/{n}" for n in range(6, 10)]
         exposition, _ = kernel.metrics.render()
     assert "request_metrics_batches_dropped_total 3.0" in exposition.decode()
@@ -385,10 +395,10 @@ async def test_records_captured_during_a_flush_wait_for_the_next_one() -> None:
     for n in range(5):
         recorder.buffer.add({"n": n})
     assert await recorder.flush() == 3
-    assert [[r["n"] for r in p["records"]] for p in payloads] == [[0, 1], [2, 3], [4]]
+    assert [[r["n"] for r in p["rows"]] for p in payloads] == [[0, 1], [2, 3], [4]]
     assert len(recorder.buffer) == 3  # the late ones, for the next flush
     assert await recorder.flush() == 2
-    assert [r["n"] for r in payloads[3]["records"]] == ["late", "late"]
+    assert [r["n"] for r in payloads[3]["rows"]] == ["late", "late"]
 
 
 async def test_two_flushes_at_once_send_each_record_once() -> None:
@@ -409,8 +419,8 @@ async def test_two_flushes_at_once_send_each_record_once() -> None:
         recorder.buffer.add({"n": n})
     sent = await asyncio.gather(recorder.flush(), recorder.flush())
     assert sum(sent) == len(payloads)
-    assert all(p["records"] for p in payloads)  # no empty batch
-    assert sorted(r["n"] for p in payloads for r in p["records"]) == [0, 1, 2, 3, 4]
+    assert all(p["rows"] for p in payloads)  # no empty batch
+    assert sorted(r["n"] for p in payloads for r in p["rows"]) == [0, 1, 2, 3, 4]
 
 
 async def test_one_warning_per_flush_however_many_batches_it_drops() -> None:
@@ -437,3 +447,48 @@ async def test_one_warning_per_flush_however_many_batches_it_drops() -> None:
         (1, 1, reason),
     ]
     assert recorder.batches_dropped == 4
+
+
+async def test_the_store_task_takes_rows_and_the_older_records_form(sql_database_url: str) -> None:
+    """Rows are what the recorder sends; dict records (earlier builds) still store."""
+    database = Database(sql_database_url)
+    await database.open()
+    request_metrics_store.bind_database(database)
+    try:
+        new, old = DATA[0], DATA[1]
+        fields = list(new)
+        payload = {"fields": fields, "rows": [[new[name] for name in fields]]}
+        assert await request_metrics_store.store_batch_task(payload, None) == {"stored": 1}
+        assert await request_metrics_store.store_batch_task({"records": [old]}, None) == {
+            "stored": 1
+        }
+        rows = await RequestMetricsStore(database).get_recent()
+        assert sorted(r["path"] for r in rows) == ["/api/a/1", "/api/a/2"]
+        assert {r["user_id"] for r in rows} == {"u1", None}
+    finally:
+        await request_metrics_store.unbind_database(database)
+        await database.close()
+
+
+@pytest.mark.parametrize(
+    ("payload", "complaint"),
+    [
+        ({"fields": "path", "rows": [["/a"]]}, "expected 'fields'"),
+        ({"fields": ["path"], "rows": [("/a",), "x"]}, "expected 'fields'"),
+        ({"fields": ["path", "pasword"], "rows": [["/a", "x"]]}, "unknown fields ['pasword']"),
+        ({"fields": ["path", "method"], "rows": [["/a"]]}, "does not match 'fields' (2 names)"),
+    ],
+)
+async def test_a_malformed_batch_fails_with_what_is_wrong(
+    sql_database_url: str, payload: dict[str, Any], complaint: str
+) -> None:
+    database = Database(sql_database_url)
+    await database.open()
+    request_metrics_store.bind_database(database)
+    try:
+        with pytest.raises(ValueError, match=re.escape(complaint)):
+            await request_metrics_store.store_batch_task(payload, None)
+        assert await RequestMetricsStore(database).get_recent() == []
+    finally:
+        await request_metrics_store.unbind_database(database)
+        await database.close()

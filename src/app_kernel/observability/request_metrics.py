@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import json
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
@@ -42,9 +42,11 @@ if TYPE_CHECKING:
 
 __all__ = (
     "BATCH_PRIORITY",
+    "RECORD_FIELDS",
     "RequestMetricsBuffer",
     "RequestMetricsObserver",
     "RequestMetricsRecorder",
+    "as_records",
     "capture_query_params",
 )
 
@@ -149,20 +151,52 @@ def _error_detail(status: int, body: bytes | None) -> str:
     return _status_phrase(status)
 
 
+Row = Sequence[Any]
+"""One captured request: its values in the order of :data:`RECORD_FIELDS`."""
+
+RECORD_FIELDS = (
+    "timestamp",
+    "year",
+    "month",
+    "day",
+    "hour",
+    "method",
+    "path",
+    "route",
+    "query_params",
+    "request_id",
+    "status_code",
+    "error",
+    "latency_ms",
+    "client_ip",
+    "user_agent",
+    "referer",
+    "user_id",
+    "workspace_id",
+    "country",
+)
+"""The fields of a record, in the order a row holds them."""
+
+
+def as_records(fields: Sequence[str], rows: Iterable[Row]) -> list[dict[str, Any]]:
+    """Rows as ``{field: value}`` records (for the store task and for readers)."""
+    return [dict(zip(fields, row, strict=True)) for row in rows]
+
+
 class RequestMetricsBuffer:
-    """A bounded FIFO of records; :meth:`add` never blocks and drops when full."""
+    """A bounded FIFO of rows; :meth:`add` never blocks and drops when full."""
 
     def __init__(self, capacity: int, metrics: Metrics | None = None) -> None:
         self.capacity = capacity
         self.metrics = metrics
-        self._records: deque[dict[str, Any]] = deque()
+        self._records: deque[Row] = deque()
         self.dropped = 0
         """Records dropped because the buffer was full (this process)."""
 
     def __len__(self) -> int:
         return len(self._records)
 
-    def add(self, record: dict[str, Any]) -> bool:
+    def add(self, record: Row) -> bool:
         """Keep ``record``; False (and counted) when the buffer is full."""
         if len(self._records) >= self.capacity:
             self.dropped += 1
@@ -172,7 +206,7 @@ class RequestMetricsBuffer:
         self._records.append(record)
         return True
 
-    def take(self, count: int) -> list[dict[str, Any]]:
+    def take(self, count: int) -> list[Row]:
         """Remove and answer up to ``count`` of the oldest records."""
         records = self._records
         taken = min(count, len(records))
@@ -298,7 +332,11 @@ class RequestMetricsRecorder:
             if waiting >= settings.max_queued_batches:
                 self._drop_batch(len(batch), "queue backlog")
                 continue
-            payload = {"records": batch, "retention_days": settings.retention_days}
+            payload = {
+                "fields": RECORD_FIELDS,
+                "rows": batch,
+                "retention_days": settings.retention_days,
+            }
             try:
                 queued = await self._enqueue(payload)
             except Exception as exc:
@@ -418,25 +456,26 @@ class RequestMetricsObserver:
             if len(country) != 2 or not country.isalpha() or not country.isascii():
                 country = None
         year, month, day, hour = _hour_of(stamp)
-        record = {
-            "timestamp": stamp,
-            "year": year,
-            "month": month,
-            "day": day,
-            "hour": hour,
-            "method": str(scope["method"])[:16],
-            "path": str(scope["path"])[:_MAX_PATH],
-            "route": self.route_of(scope)[:_MAX_TEXT],
-            "query_params": capture_query_params(scope.get("query_string", b"")),
-            "request_id": _cut(state.get("request_id"), _MAX_ID),
-            "status_code": status,
-            "error": _error_detail(status, error_body) if status >= 400 else None,
-            "latency_ms": round(latency_ms * 1000) / 1000,  # to the microsecond
-            "client_ip": _cut(state.get("client_ip"), 64),
-            "user_agent": _cut(headers.get(b"user-agent"), _MAX_TEXT),
-            "referer": _cut(headers.get(b"referer"), _MAX_TEXT),
-            "user_id": _cut(None if user_id is None else str(user_id), _MAX_ID),
-            "workspace_id": _cut(None if workspace is None else str(workspace), _MAX_ID),
-            "country": country,
-        }
-        recorder.buffer.add(record)
+        # In the order of RECORD_FIELDS: a row, not a dict, is half the JSON to send.
+        row = (
+            stamp,
+            year,
+            month,
+            day,
+            hour,
+            str(scope["method"])[:16],
+            str(scope["path"])[:_MAX_PATH],
+            self.route_of(scope)[:_MAX_TEXT],
+            capture_query_params(scope.get("query_string", b"")),
+            _cut(state.get("request_id"), _MAX_ID),
+            status,
+            _error_detail(status, error_body) if status >= 400 else None,
+            round(latency_ms * 1000) / 1000,  # to the microsecond
+            _cut(state.get("client_ip"), 64),
+            _cut(headers.get(b"user-agent"), _MAX_TEXT),
+            _cut(headers.get(b"referer"), _MAX_TEXT),
+            _cut(None if user_id is None else str(user_id), _MAX_ID),
+            _cut(None if workspace is None else str(workspace), _MAX_ID),
+            country,
+        )
+        recorder.buffer.add(row)

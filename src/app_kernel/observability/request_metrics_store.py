@@ -43,6 +43,7 @@ from app_kernel.db.tables import kernel_metadata
 from app_kernel.db.types import UtcDateTime
 from app_kernel.errors import BackendUnavailable, KernelError
 from app_kernel.observability.logging import get_logger
+from app_kernel.observability.request_metrics import as_records
 
 if TYPE_CHECKING:
     from app_kernel.db.engine import Database
@@ -58,7 +59,7 @@ __all__ = (
 )
 
 STORE_TASK = "kernel:request_metrics.store"
-"""The kernel task a worker runs to store one batch (payload ``{"records": [...]}``)."""
+"""The kernel task a worker runs to store one batch (``fields`` and ``rows``)."""
 MAX_QUERY_LIMIT = 1000
 """Most records one :meth:`RequestMetricsStore.get_recent` call returns."""
 PRUNE_EVERY_SECONDS = 3600.0
@@ -417,6 +418,37 @@ async def unbind_database(database: Database) -> None:
             break
 
 
+def _records_of(payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """The records of a batch: ``fields`` and ``rows``, as the recorder sends them, or
+    ``records`` (dicts), the form earlier builds sent: batches queued before an
+    upgrade are still stored.
+
+    Raises:
+        ValueError: the payload is neither (the job fails; the worker goes on).
+    """
+    rows = payload.get("rows")
+    if rows is None:
+        return list(payload.get("records") or [])
+    fields = payload.get("fields")
+    if (
+        not isinstance(fields, list)
+        or not all(isinstance(name, str) for name in fields)
+        or not isinstance(rows, list)
+        or not all(isinstance(row, list) for row in rows)
+    ):
+        msg = f"{STORE_TASK}: expected 'fields' (a list of names) and 'rows' (a list of lists)"
+        raise ValueError(msg)
+    unknown = sorted(set(fields) - set(_RECORD_FIELDS))
+    if unknown:
+        msg = f"{STORE_TASK}: unknown fields {unknown}; known: {list(_RECORD_FIELDS)}"
+        raise ValueError(msg)
+    try:
+        return as_records(fields, rows)
+    except ValueError as exc:
+        msg = f"{STORE_TASK}: a row does not match 'fields' ({len(fields)} names): {exc}"
+        raise ValueError(msg) from exc
+
+
 async def store_batch_task(payload: dict[str, Any], ctx: Any) -> dict[str, int]:
     """Store one batch of request records (one INSERT, one transaction); prune old rows
     at most once an hour per process.
@@ -430,8 +462,7 @@ async def store_batch_task(payload: dict[str, Any], ctx: Any) -> dict[str, int]:
         raise KernelError(msg)
     database = _bound[-1]
     store = RequestMetricsStore(database)
-    records = payload.get("records") or []
-    stored = await store.insert_many(list(records))
+    stored = await store.insert_many(_records_of(payload))
     result = {"stored": stored}
     retention = payload.get("retention_days")
     now = time.monotonic()
