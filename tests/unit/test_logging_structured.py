@@ -421,3 +421,92 @@ def test_flat_lines_are_the_lines_the_full_path_writes(event: dict[str, Any]) ->
         assert flat == full
     else:
         assert flat is None
+
+
+_ACCESS_CASES = [
+    ("GET", "/api/v1/widgets/{id}", 200, 0.95),
+    ("POST", '/odd/"quoted"/naïve/✓', 500, 1234.5),
+    ("GET", "/pay/bearer abc.def", 401, 0.01),  # text a secret pattern matches
+    ("GET", "/nan", 200, float("nan")),
+]
+
+
+@pytest.mark.parametrize(("method", "route", "status", "duration"), _ACCESS_CASES)
+@pytest.mark.parametrize("ids", [True, False], ids=["in-request", "outside"])
+@pytest.mark.parametrize("service", ["svc", "", "pass=Bearer xyz"])
+def test_access_lines_are_the_lines_info_writes(
+    method: str,
+    route: str,
+    status: int,
+    duration: float,
+    ids: bool,
+    service: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """HotPathLogger.request writes byte for byte what info("request", ...) writes."""
+    from app_kernel.observability import logging as kernel_logging
+    from app_kernel.observability.context import request_id
+    from app_kernel.observability.tracing import reset_trace_id, set_trace_id
+
+    templated: list[str] = []
+    to_json = kernel_logging._RequestLine.json
+
+    def spy(line: Any) -> str | None:
+        text = to_json(line)
+        if text is not None:
+            templated.append(text)
+        return text
+
+    monkeypatch.setattr(kernel_logging._RequestLine, "json", spy)
+    hot = HotPathLogger("app_kernel.access")
+    with configured_logging(fmt="json", service_name=service) as out, kernel_handler_alone():
+        id_token = request_id.set("r-1" if ids else None)
+        trace_token = set_trace_id("ab" * 16 if ids else None)
+        try:
+            hot.request(method, route, status, duration)
+            hot.info("request", method=method, route=route, status=status, duration_ms=duration)
+        finally:
+            reset_trace_id(trace_token)
+            request_id.reset(id_token)
+    fast, full = (_without_timestamp(line) for line in out.getvalue().splitlines())
+    assert fast == full
+    assert ('"request_id": "r-1"' in fast) is ids
+    # The template wrote it unless something needed redaction or NaN needed json.dumps.
+    plain = "bearer" not in route and duration == duration and "Bearer" not in service
+    assert len(templated) == (1 if plain else 0)
+
+
+def _without_timestamp(line: str) -> str:
+    stamp = json.loads(line)["timestamp"]
+    return line.replace(stamp, "<now>")
+
+
+def test_access_lines_carry_bound_context_and_follow_the_format() -> None:
+    """With structlog context bound, or console output, the line takes info()'s path."""
+    hot = HotPathLogger("app_kernel.access")
+    with configured_logging(fmt="json") as out, kernel_handler_alone():
+        with log_context(tenant="t-9"):
+            hot.request("GET", "/a", 200, 1.5)
+        hot.request("GET", "/b", 200, 1.5)
+    bound, plain = _lines(out)
+    assert bound["tenant"] == "t-9"
+    assert "tenant" not in plain
+    with configured_logging(fmt="console") as out, kernel_handler_alone():
+        hot.request("GET", "/c", 204, 0.5)
+    assert "route=/c" in out.getvalue()
+    assert "status=204" in out.getvalue()
+
+
+async def test_queued_access_lines_meet_a_filter_as_records(stream: io.StringIO) -> None:
+    """An access line queued before a filter was set reaches it as an event dict."""
+    [handler] = [h for h in logging.getLogger().handlers if h.get_name() == "app_kernel"]
+    hot = HotPathLogger("app_kernel.access")
+    with kernel_handler_alone():
+        hot.request("GET", "/missing", 404, 0.2)
+        hot.request("GET", "/found", 200, 0.2)
+        handler.addFilter(_drop_404)
+        try:
+            await asyncio.sleep(0)
+        finally:
+            handler.removeFilter(_drop_404)
+    assert [(line["route"], line["status"]) for line in _lines(stream)] == [("/found", 200)]

@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import structlog
 from structlog.contextvars import bound_contextvars, merge_contextvars
@@ -195,9 +195,78 @@ def _flat_json(event: EventDict) -> str | None:
     return _line_template(keys) % tuple(values)
 
 
+class _RequestLine(NamedTuple):
+    """An access line, queued as its values; rendered at the end of the loop pass."""
+
+    logger_name: str
+    method: str
+    route: str
+    status: int
+    duration_ms: float
+    request_id: str | None
+    trace_id: str | None
+    timestamp: str
+
+    def event(self) -> EventDict:
+        """The event dict :meth:`HotPathLogger.info` would have queued for this line."""
+        event: EventDict = {
+            "method": self.method,
+            "route": self.route,
+            "status": self.status,
+            "duration_ms": self.duration_ms,
+            "event": "request",
+        }
+        if self.request_id is not None:
+            event["request_id"] = self.request_id
+        if self.trace_id is not None:
+            event["trace_id"] = self.trace_id
+        event["level"] = "info"
+        event["logger"] = self.logger_name
+        event["timestamp"] = self.timestamp
+        event.update(_static_fields)
+        return event
+
+    def json(self) -> str | None:
+        """The JSON line of :meth:`event`, or None when the full path must write it
+        (a value that could hold a secret, an odd type, static fields needing it)."""
+        suffix = _static_suffix
+        method, route, rid, tid = self.method, self.route, self.request_id, self.trace_id
+        if (
+            suffix is None
+            or type(method) is not str
+            or type(route) is not str
+            or type(self.status) is not int
+            or type(self.duration_ms) is not float
+            or not math.isfinite(self.duration_ms)
+            or _may_hold_secret(f"{method}\n{route}\n{rid}\n{tid}\n{self.logger_name}")
+        ):
+            return None
+        ids = "" if rid is None else f', "request_id": {_encode_text(rid)}'
+        if tid is not None:
+            ids += f', "trace_id": {_encode_text(tid)}'
+        return (
+            f'{{"method": {_encode_text(method)}, "route": {_encode_text(route)}, '
+            f'"status": {int.__repr__(self.status)}, '
+            f'"duration_ms": {float.__repr__(self.duration_ms)}, "event": "request"{ids}, '
+            f'"level": "info", "logger": {_encode_text(self.logger_name)}, '
+            f'"timestamp": "{self.timestamp}"{suffix}}}'
+        )
+
+
+def _structlog_context_empty() -> bool:
+    """True when no field is bound with structlog's contextvars in this context."""
+    variables = getattr(structlog.contextvars, "_CONTEXT_VARS", None)
+    if not isinstance(variables, dict):  # structlog changed: ask it the slow way
+        return not merge_contextvars(None, "", {})
+    return all(var.get() is Ellipsis for var in variables.values())
+
+
 # Read at every call rather than captured: structlog caches a logger's processors
 # on first use, so a closure would keep the service name of the first configuration.
 _static_fields: dict[str, Any] = {}
+# The static fields as the tail of a JSON line (", \"service\": \"svc\""), "" without
+# any, None when they need the full path (redaction, odd types).
+_static_suffix: str | None = ""
 
 
 def _add_static_fields(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
@@ -235,8 +304,13 @@ class _Formatter(structlog.stdlib.ProcessorFormatter):
             return super().format(record)
         return self.render(getattr(record, "_logger", None), name, event.copy())
 
-    def render(self, logger: Any, method_name: str, event: EventDict) -> str:
+    def render(self, logger: Any, method_name: str, event: EventDict | _RequestLine) -> str:
         """Run redaction and the renderer over ``event`` (which they may change)."""
+        if isinstance(event, _RequestLine):
+            line = event.json() if self._flat_json else None
+            if line is not None:
+                return line
+            event = event.event()
         if self._flat_json and "exc_info" not in event:
             line = _flat_json(event)
             if line is not None:
@@ -260,7 +334,7 @@ class _KernelHandler(logging.StreamHandler[Any]):
 
     def __init__(self, stream: Any = None) -> None:
         super().__init__(stream)
-        self._pending: list[tuple[logging.Logger, EventDict]] = []
+        self._pending: list[tuple[logging.Logger, EventDict | _RequestLine]] = []
         self._drain_on: asyncio.AbstractEventLoop | None = None
 
     def _direct(self) -> _Formatter | None:
@@ -270,7 +344,7 @@ class _KernelHandler(logging.StreamHandler[Any]):
             return None
         return formatter
 
-    def write_event(self, logger: logging.Logger, event: EventDict) -> bool:
+    def write_event(self, logger: logging.Logger, event: EventDict | _RequestLine) -> bool:
         """Write ``event`` as an INFO line of ``logger``, as :meth:`emit` would.
 
         On a running event loop the line is queued and written at the end of
@@ -333,7 +407,9 @@ class _KernelHandler(logging.StreamHandler[Any]):
         super().flush()
 
 
-def _record_for(logger: logging.Logger, event: EventDict) -> logging.LogRecord:
+def _record_for(logger: logging.Logger, event: EventDict | _RequestLine) -> logging.LogRecord:
+    if isinstance(event, _RequestLine):
+        event = event.event()
     return logger.makeRecord(
         logger.name,
         logging.INFO,
@@ -385,11 +461,15 @@ _second_stamp: tuple[int, str] = (-1, "")
 
 
 def _add_timestamp(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
-    """``timestamp`` as structlog's ``TimeStamper(fmt="iso", utc=True)`` writes it.
+    """``timestamp`` as structlog's ``TimeStamper(fmt="iso", utc=True)`` writes it."""
+    event_dict["timestamp"] = _timestamp()
+    return event_dict
 
-    ``2026-11-27T08:11:06.123456Z``, or without the fraction on a whole second,
-    as ``datetime.isoformat`` does. The date and time up to the second are
-    formatted once per second rather than on every line.
+
+def _timestamp() -> str:
+    """Now as ``2026-11-27T08:11:06.123456Z``, or without the fraction on a whole
+    second, as ``datetime.isoformat`` does. The date and time up to the second
+    are formatted once per second rather than on every line.
     """
     global _second_stamp
     second, nanos = divmod(time.time_ns(), 1_000_000_000)
@@ -398,8 +478,7 @@ def _add_timestamp(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDic
     if cached_second != second:
         prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         _second_stamp = (second, prefix)
-    event_dict["timestamp"] = f"{prefix}.{micro:06d}Z" if micro else f"{prefix}Z"
-    return event_dict
+    return f"{prefix}.{micro:06d}Z" if micro else f"{prefix}Z"
 
 
 def _shared_processors() -> list[Processor]:
@@ -424,9 +503,12 @@ def configure_logging(
     Called by the kernel when it starts; calling it again replaces the
     previous configuration (it is process-wide, like ``logging`` itself).
     """
+    global _static_suffix
     _static_fields.clear()
     if service_name:
         _static_fields["service"] = service_name
+    static = _flat_json(dict(_static_fields)) if _static_fields else "{}"
+    _static_suffix = None if static is None else static[1:-1] and ", " + static[1:-1]
 
     renderer: Processor
     if fmt == "console":
@@ -519,6 +601,33 @@ class HotPathLogger:
         handler = _only_kernel_handler(logger)
         if handler is None or not handler.write_event(logger, line):
             logger.handle(_record_for(logger, line))
+
+    def request(self, method: str, route: str, status: int, duration_ms: float) -> None:
+        """The access line: ``info("request", method=..., route=..., status=...,
+        duration_ms=...)``, the same line at a third of the cost.
+
+        Queued as its values and written from a template, when the kernel's
+        handler is the only place it goes and no structlog context is bound
+        (anything else takes :meth:`info`).
+        """
+        logger = self._logger
+        if not logger.isEnabledFor(logging.INFO):
+            return
+        handler = _only_kernel_handler(logger)
+        if handler is not None and _structlog_context_empty():
+            line = _RequestLine(
+                self.name,
+                method,
+                route,
+                status,
+                duration_ms,
+                current_request_id(),
+                current_trace_id(),
+                _timestamp(),
+            )
+            if handler.write_event(logger, line):
+                return
+        self.info("request", method=method, route=route, status=status, duration_ms=duration_ms)
 
     def flush(self) -> None:
         """Write the lines still queued for the end of this loop pass now."""

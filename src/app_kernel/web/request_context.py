@@ -157,12 +157,11 @@ class RequestContextMiddleware:
                 )
                 _tell(observers, scope, outcome)
             if self.access_log:
-                _access_log.info(
-                    "request",
-                    method=scope["method"],
-                    route=route_template(scope),
-                    status=status,
-                    duration_ms=round(seconds * 100_000) / 100,  # round(x, 2) costs more
+                _access_log.request(
+                    scope["method"],
+                    route_template(scope),
+                    status,
+                    round(seconds * 100_000) / 100,  # round(x, 2) costs more
                 )
                 if not self._serving:
                     # Access lines are written once per loop pass, for all the
