@@ -281,6 +281,9 @@ class Kernel:
         self.is_open = True
         if settings.http.freeze_gc_after_start:
             _freeze_gc_once()
+        if settings.http.gc_threshold is not None:
+            _, older, oldest = gc.get_threshold()
+            gc.set_threshold(settings.http.gc_threshold, older, oldest)
         _log.info(
             "kernel started",
             backend=self.backend_name,

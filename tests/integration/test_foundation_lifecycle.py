@@ -304,3 +304,27 @@ def test_the_first_kernel_start_freezes_the_gc_once(mode: str) -> None:
         assert frozen_first > 10_000  # the frameworks' import-time heap
         assert frozen_second > 10_000
         assert freezes == 1  # the second kernel did not freeze again
+
+
+@pytest.mark.parametrize(("setting", "expected"), [(12_345, 12_345), (None, 777)])
+async def test_starting_the_kernel_sets_the_young_gc_threshold(
+    tmp_path: Path, setting: int | None, expected: int
+) -> None:
+    """The first-generation threshold is the setting's; None leaves the interpreter's."""
+    import gc
+
+    from app_kernel.settings import HttpSettings
+
+    saved = gc.get_threshold()
+    gc.set_threshold(777, 9, 8)
+    try:
+        app = FastAPI()
+        settings = settings_for(tmp_path, http=HttpSettings(gc_threshold=setting))
+        kernel = init_app_kernel(app, settings)
+        await kernel.open()
+        try:
+            assert gc.get_threshold() == (expected, 9, 8)
+        finally:
+            await kernel.close()
+    finally:
+        gc.set_threshold(*saved)

@@ -149,6 +149,16 @@ class TestFrozen:
             id="trusted-proxy-not-an-address",
         ),
         pytest.param(
+            lambda: HttpSettings(gc_threshold=0),
+            "http.gc_threshold: expected greater than or equal to 700",
+            id="gc-threshold-that-would-turn-the-collector-off",
+        ),
+        pytest.param(
+            lambda: KernelSettings(http={"gc_threshold": "lots"}),
+            "http.gc_threshold",
+            id="gc-threshold-not-a-number",
+        ),
+        pytest.param(
             lambda: KernelSettings(observability={"log_level": "LOUD"}),
             "observability.log_level",
             id="unknown-log-level",
