@@ -406,11 +406,12 @@ def test_flat_lines_are_the_lines_the_full_path_writes(event: dict[str, Any]) ->
     """The shortcut for flat lines writes exactly what redaction and JSONRenderer write."""
     import structlog
 
-    from app_kernel.observability.logging import _flat_json, redact_secrets
+    from app_kernel.observability.log_lines import flat_json
+    from app_kernel.observability.redaction import redact_secrets
 
     redacted = redact_secrets(None, "info", dict(event))
     full = structlog.processors.JSONRenderer()(None, "info", redacted)
-    flat = _flat_json(dict(event))
+    flat = flat_json(dict(event))
     assert flat is None or flat == full
     plain = all(
         type(value) in (str, int, bool, type(None))
@@ -444,20 +445,20 @@ def test_access_lines_are_the_lines_info_writes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """HotPathLogger.request writes byte for byte what info("request", ...) writes."""
-    from app_kernel.observability import logging as kernel_logging
     from app_kernel.observability.context import request_id
+    from app_kernel.observability.log_lines import RequestLine
     from app_kernel.observability.tracing import reset_trace_id, set_trace_id
 
     templated: list[str] = []
-    to_json = kernel_logging._RequestLine.json
+    to_json = RequestLine.json
 
-    def spy(line: Any) -> str | None:
-        text = to_json(line)
+    def spy(line: RequestLine, suffix: str | None) -> str | None:
+        text = to_json(line, suffix)
         if text is not None:
             templated.append(text)
         return text
 
-    monkeypatch.setattr(kernel_logging._RequestLine, "json", spy)
+    monkeypatch.setattr(RequestLine, "json", spy)
     hot = HotPathLogger("app_kernel.access")
     with configured_logging(fmt="json", service_name=service) as out, kernel_handler_alone():
         id_token = request_id.set("r-1" if ids else None)

@@ -28,7 +28,7 @@ from app_kernel.db.tables import kernel_metadata
 from app_kernel.db.types import UtcDateTime
 from app_kernel.errors import BackendUnavailable, KernelError
 from app_kernel.observability.context import current_client_ip, current_request_id
-from app_kernel.observability.logging import REDACTED, is_secret_key, scrub_text
+from app_kernel.observability.redaction import REDACTED, is_secret_key, scrub_text
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession

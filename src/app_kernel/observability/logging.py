@@ -10,22 +10,30 @@ password, token or ``Authorization`` header never reaches a log.
 from __future__ import annotations
 
 import asyncio
-import functools
-import json
 import logging
-import math
-import re
 import sys
-import time
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import structlog
 from structlog.contextvars import bound_contextvars, merge_contextvars
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from app_kernel.observability.context import current_request_id
+from app_kernel.observability.log_lines import (
+    RequestLine,
+    flat_json,
+    static_suffix,
+    structlog_context_empty,
+    timestamp,
+)
+from app_kernel.observability.redaction import (
+    REDACTED,
+    is_secret_key,
+    redact_secrets,
+    scrub_text,
+)
 from app_kernel.observability.tracing import current_trace_id
 
 __all__ = (
@@ -38,228 +46,6 @@ __all__ = (
     "redact_secrets",
     "scrub_text",
 )
-
-REDACTED = "[redacted]"
-_TOO_DEEP = "[too deep]"
-_MAX_DEPTH = 6
-
-# Words that make a key's value a secret, matched against the key's parts
-# ("refresh_token", "X-API-Key") so that "max_tokens" or "passenger" stay visible.
-_SECRET_WORDS = frozenset(
-    {
-        "password",
-        "passwd",
-        "passphrase",
-        "pass",
-        "pwd",
-        "secret",
-        "token",
-        "jwt",
-        "authorization",
-        "cookie",
-        "credential",
-        "credentials",
-        "apikey",
-        "privatekey",
-        "signature",
-    }
-)
-_KEY_PARTS = re.compile(r"[^a-z0-9]+")
-# Bearer credentials and URL passwords inside free text.
-_SECRET_TEXT = (
-    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+"), r"\1 " + REDACTED),
-    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^:/@\s]*):[^@\s/]+@"), r"\1:" + REDACTED + "@"),
-    (re.compile(r"\bak_[0-9a-f]{12}_[A-Za-z0-9_-]{20,}"), REDACTED),
-)
-
-
-def _may_hold_secret(text: str) -> bool:
-    """False when no pattern above can match ``text``: plain substring tests, which
-    cost a fraction of one regular-expression search (most log text holds no secret)."""
-    if "ak_" in text or ("@" in text and "://" in text):
-        return True
-    lowered = text.lower()
-    return "bearer" in lowered or "basic" in lowered
-
-
-@functools.lru_cache(maxsize=4096)
-def is_secret_key(name: str) -> bool:
-    """True when a field named ``name`` holds a credential (``password``, ``api_key`` ...)."""
-    lowered = name.lower()
-    parts = [part for part in _KEY_PARTS.split(lowered) if part]
-    if any(part in _SECRET_WORDS for part in parts):
-        return True
-    joined = "".join(parts)
-    return "apikey" in joined or "privatekey" in joined or "password" in joined
-
-
-def scrub_text(text: str) -> str:
-    """``text`` with bearer tokens, API keys and URL passwords replaced."""
-    if not _may_hold_secret(text):
-        return text
-    for pattern, replacement in _SECRET_TEXT:
-        text = pattern.sub(replacement, text)
-    return text
-
-
-def _scrub(value: Any, depth: int = 0) -> Any:
-    if isinstance(value, str):
-        return scrub_text(value)
-    if depth >= _MAX_DEPTH and isinstance(value, Mapping | list | tuple):
-        # Deeper than anyone logs on purpose; hide it rather than risk a secret.
-        return _TOO_DEEP
-    if isinstance(value, Mapping):
-        return {
-            k: REDACTED if isinstance(k, str) and is_secret_key(k) else _scrub(v, depth + 1)
-            for k, v in value.items()
-        }
-    if isinstance(value, list | tuple):
-        return type(value)(_scrub(v, depth + 1) for v in value)
-    return value
-
-
-@functools.lru_cache(maxsize=1024)
-def _secret_keys(keys: tuple[str, ...]) -> frozenset[str]:
-    """Which of ``keys`` hold credentials (a logger writes the same key set again and again)."""
-    return frozenset(key for key in keys if is_secret_key(key))
-
-
-_PLAIN = (int, float, bool, type(None))
-
-
-def redact_secrets(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
-    """structlog processor: hide values of credential-like keys and in-text secrets."""
-    del logger, method_name
-    secret = _secret_keys(tuple(event_dict))
-    texts: list[str] = []
-    for key, value in event_dict.items():  # values are replaced, never added or removed
-        kind = type(value)
-        if key in secret:
-            event_dict[key] = REDACTED
-        elif kind is str:
-            texts.append(value)
-        elif kind in _PLAIN:
-            continue
-        elif key in ("event", "exception") or isinstance(value, str | Mapping | list | tuple):
-            event_dict[key] = _scrub(value)
-    # One search over every plain string (the separator is whitespace, so no
-    # pattern can match across two values); most lines hold no secret at all.
-    if texts and _may_hold_secret("\n".join(texts)):
-        for key, value in event_dict.items():
-            if type(value) is str and key not in secret:
-                event_dict[key] = scrub_text(value)
-    return event_dict
-
-
-_encode_text = json.encoder.encode_basestring_ascii  # what json.dumps uses by default
-
-
-@functools.lru_cache(maxsize=256)
-def _line_template(keys: tuple[str, ...]) -> str:
-    """A ``%``-template of the JSON object with ``keys``, in order, as ``json.dumps`` writes it."""
-    fields = ", ".join(_encode_text(key).replace("%", "%%") + ": %s" for key in keys)
-    return "{" + fields + "}"
-
-
-def _flat_json(event: EventDict) -> str | None:
-    """The line ``redact_secrets`` and ``JSONRenderer`` would write for ``event``, or None.
-
-    Only for the usual line: string keys, values that are str, int, float
-    (finite), bool or None, no credential-like key and no text that could hold
-    a secret, so there is nothing to redact. Anything else is None and takes
-    the full path. Twice as fast, and most lines (the access log among them)
-    are such lines.
-    """
-    values: list[str] = []
-    texts: list[str] = []
-    for key, value in event.items():
-        kind = type(value)
-        if kind is str:
-            texts.append(value)
-            values.append(_encode_text(value))
-        elif kind is int:
-            values.append(int.__repr__(value))
-        elif kind is float and math.isfinite(value):
-            values.append(float.__repr__(value))
-        elif value is None:
-            values.append("null")
-        elif kind is bool:
-            values.append("true" if value else "false")
-        else:
-            return None
-        if type(key) is not str:
-            return None
-    keys = tuple(event)
-    if _secret_keys(keys) or (texts and _may_hold_secret("\n".join(texts))):
-        return None
-    return _line_template(keys) % tuple(values)
-
-
-class _RequestLine(NamedTuple):
-    """An access line, queued as its values; rendered at the end of the loop pass."""
-
-    logger_name: str
-    method: str
-    route: str
-    status: int
-    duration_ms: float
-    request_id: str | None
-    trace_id: str | None
-    timestamp: str
-
-    def event(self) -> EventDict:
-        """The event dict :meth:`HotPathLogger.info` would have queued for this line."""
-        event: EventDict = {
-            "method": self.method,
-            "route": self.route,
-            "status": self.status,
-            "duration_ms": self.duration_ms,
-            "event": "request",
-        }
-        if self.request_id is not None:
-            event["request_id"] = self.request_id
-        if self.trace_id is not None:
-            event["trace_id"] = self.trace_id
-        event["level"] = "info"
-        event["logger"] = self.logger_name
-        event["timestamp"] = self.timestamp
-        event.update(_static_fields)
-        return event
-
-    def json(self) -> str | None:
-        """The JSON line of :meth:`event`, or None when the full path must write it
-        (a value that could hold a secret, an odd type, static fields needing it)."""
-        suffix = _static_suffix
-        method, route, rid, tid = self.method, self.route, self.request_id, self.trace_id
-        if (
-            suffix is None
-            or type(method) is not str
-            or type(route) is not str
-            or type(self.status) is not int
-            or type(self.duration_ms) is not float
-            or not math.isfinite(self.duration_ms)
-            or _may_hold_secret(f"{method}\n{route}\n{rid}\n{tid}\n{self.logger_name}")
-        ):
-            return None
-        ids = "" if rid is None else f', "request_id": {_encode_text(rid)}'
-        if tid is not None:
-            ids += f', "trace_id": {_encode_text(tid)}'
-        return (
-            f'{{"method": {_encode_text(method)}, "route": {_encode_text(route)}, '
-            f'"status": {int.__repr__(self.status)}, '
-            f'"duration_ms": {float.__repr__(self.duration_ms)}, "event": "request"{ids}, '
-            f'"level": "info", "logger": {_encode_text(self.logger_name)}, '
-            f'"timestamp": "{self.timestamp}"{suffix}}}'
-        )
-
-
-def _structlog_context_empty() -> bool:
-    """True when no field is bound with structlog's contextvars in this context."""
-    variables = getattr(structlog.contextvars, "_CONTEXT_VARS", None)
-    if not isinstance(variables, dict):  # structlog changed: ask it the slow way
-        return not merge_contextvars(None, "", {})
-    return all(var.get() is Ellipsis for var in variables.values())
-
 
 # Read at every call rather than captured: structlog caches a logger's processors
 # on first use, so a closure would keep the service name of the first configuration.
@@ -304,15 +90,15 @@ class _Formatter(structlog.stdlib.ProcessorFormatter):
             return super().format(record)
         return self.render(getattr(record, "_logger", None), name, event.copy())
 
-    def render(self, logger: Any, method_name: str, event: EventDict | _RequestLine) -> str:
+    def render(self, logger: Any, method_name: str, event: EventDict | RequestLine) -> str:
         """Run redaction and the renderer over ``event`` (which they may change)."""
-        if isinstance(event, _RequestLine):
-            line = event.json() if self._flat_json else None
+        if isinstance(event, RequestLine):
+            line = event.json(_static_suffix) if self._flat_json else None
             if line is not None:
                 return line
-            event = event.event()
+            event = event.event(_static_fields)
         if self._flat_json and "exc_info" not in event:
-            line = _flat_json(event)
+            line = flat_json(event)
             if line is not None:
                 return line
         rendered: Any = event
@@ -334,7 +120,7 @@ class _KernelHandler(logging.StreamHandler[Any]):
 
     def __init__(self, stream: Any = None) -> None:
         super().__init__(stream)
-        self._pending: list[tuple[logging.Logger, EventDict | _RequestLine]] = []
+        self._pending: list[tuple[logging.Logger, EventDict | RequestLine]] = []
         self._drain_on: asyncio.AbstractEventLoop | None = None
 
     def _direct(self) -> _Formatter | None:
@@ -344,7 +130,7 @@ class _KernelHandler(logging.StreamHandler[Any]):
             return None
         return formatter
 
-    def write_event(self, logger: logging.Logger, event: EventDict | _RequestLine) -> bool:
+    def write_event(self, logger: logging.Logger, event: EventDict | RequestLine) -> bool:
         """Write ``event`` as an INFO line of ``logger``, as :meth:`emit` would.
 
         On a running event loop the line is queued and written at the end of
@@ -407,9 +193,9 @@ class _KernelHandler(logging.StreamHandler[Any]):
         super().flush()
 
 
-def _record_for(logger: logging.Logger, event: EventDict | _RequestLine) -> logging.LogRecord:
-    if isinstance(event, _RequestLine):
-        event = event.event()
+def _record_for(logger: logging.Logger, event: EventDict | RequestLine) -> logging.LogRecord:
+    if isinstance(event, RequestLine):
+        event = event.event(_static_fields)
     return logger.makeRecord(
         logger.name,
         logging.INFO,
@@ -457,28 +243,10 @@ def _add_request_context(_: WrappedLogger, __: str, event_dict: EventDict) -> Ev
     return event_dict
 
 
-_second_stamp: tuple[int, str] = (-1, "")
-
-
 def _add_timestamp(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
     """``timestamp`` as structlog's ``TimeStamper(fmt="iso", utc=True)`` writes it."""
-    event_dict["timestamp"] = _timestamp()
+    event_dict["timestamp"] = timestamp()
     return event_dict
-
-
-def _timestamp() -> str:
-    """Now as ``2026-11-27T08:11:06.123456Z``, or without the fraction on a whole
-    second, as ``datetime.isoformat`` does. The date and time up to the second
-    are formatted once per second rather than on every line.
-    """
-    global _second_stamp
-    second, nanos = divmod(time.time_ns(), 1_000_000_000)
-    micro = nanos // 1000  # floored, as datetime.now() does
-    cached_second, prefix = _second_stamp
-    if cached_second != second:
-        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        _second_stamp = (second, prefix)
-    return f"{prefix}.{micro:06d}Z" if micro else f"{prefix}Z"
 
 
 def _shared_processors() -> list[Processor]:
@@ -507,8 +275,7 @@ def configure_logging(
     _static_fields.clear()
     if service_name:
         _static_fields["service"] = service_name
-    static = _flat_json(dict(_static_fields)) if _static_fields else "{}"
-    _static_suffix = None if static is None else static[1:-1] and ", " + static[1:-1]
+    _static_suffix = static_suffix(_static_fields)
 
     renderer: Processor
     if fmt == "console":
@@ -614,8 +381,8 @@ class HotPathLogger:
         if not logger.isEnabledFor(logging.INFO):
             return
         handler = _only_kernel_handler(logger)
-        if handler is not None and _structlog_context_empty():
-            line = _RequestLine(
+        if handler is not None and structlog_context_empty():
+            line = RequestLine(
                 self.name,
                 method,
                 route,
@@ -623,7 +390,7 @@ class HotPathLogger:
                 duration_ms,
                 current_request_id(),
                 current_trace_id(),
-                _timestamp(),
+                timestamp(),
             )
             if handler.write_event(logger, line):
                 return

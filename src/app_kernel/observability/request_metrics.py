@@ -32,7 +32,8 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
-from app_kernel.observability.logging import REDACTED, get_logger, is_secret_key
+from app_kernel.observability.logging import get_logger
+from app_kernel.observability.redaction import REDACTED, is_secret_key
 
 if TYPE_CHECKING:
     from app_kernel.observability.metrics import Metrics
