@@ -19,7 +19,8 @@ Run: ``python benchmarks/bench_http_stack.py`` (about 50 s; needs Redis at
 ``REDIS_URL`` or redis://127.0.0.1:6379, databases 0 and 1; the Redis keys it
 writes carry a unique prefix and are deleted at the end). Options:
 ``--duration S``, ``--warmup S``, ``--connections N``, ``--threads N``,
-``--only bare,kernel,hand``.
+``--only bare,kernel,hand``, ``--rounds N`` (each app N times, interleaved, a fresh
+server each time; the medians are reported, and kernel/bare of every round).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -248,6 +250,17 @@ def bench_app(app: str, env: dict[str, str], args: argparse.Namespace) -> Result
             proc.wait()
 
 
+def _median(found: list[Result]) -> Result:
+    """Each figure's median over the rounds (requests and errors summed)."""
+    return Result(
+        statistics.median(r.rps for r in found),
+        statistics.median(r.p50_ms for r in found),
+        statistics.median(r.p99_ms for r in found),
+        sum(r.requests for r in found),
+        sum(r.errors for r in found),
+    )
+
+
 def cleanup_redis(prefix: str, urls: list[str]) -> int:
     removed = 0
     for url in urls:
@@ -269,11 +282,16 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--only", default=",".join(APPS), help="comma list of bare,kernel,hand")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="runs per app, interleaved; medians are reported"
+    )
     parser.add_argument("--loadgen", choices=("auto", "wrk", "httpx"), default="auto")
     parser.add_argument("--pid-file", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.loadgen == "auto":
         args.loadgen = "wrk" if shutil.which("wrk") else "httpx"
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     apps = [a for a in args.only.split(",") if a]
     if unknown := set(apps) - set(APPS):
         parser.error(f"unknown apps: {', '.join(sorted(unknown))}")
@@ -314,7 +332,7 @@ def main() -> None:
     print(f"load average before: {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}")
     sys.stdout.flush()
 
-    results: dict[str, Result] = {}
+    runs: dict[str, list[Result]] = {app: [] for app in apps}
     try:
         if "kernel" in apps:
             made = subprocess.run(
@@ -325,16 +343,21 @@ def main() -> None:
                 sys.stderr.write(made.stdout[-2000:] + made.stderr[-3000:])
                 msg = "creating the kernel app's user failed"
                 raise SystemExit(msg)
-        for app in apps:
-            results[app] = bench_app(app, env, args)
-            r = results[app]
-            print(f"  done {app}: {r.rps:,.0f} req/s", flush=True)
+        for round_no in range(1, args.rounds + 1):
+            for app in apps:
+                r = bench_app(app, env, args)
+                runs[app].append(r)
+                line = f"  round {round_no} {app}: {r.rps:,.0f} req/s, p99 {r.p99_ms:.2f} ms"
+                print(line, flush=True)
     finally:
         removed = cleanup_redis(prefix, [kernel_redis, slowapi_redis])
         shutil.rmtree(data_dir, ignore_errors=True)
     load_after = os.getloadavg()
 
+    results = {app: _median(found) for app, found in runs.items() if found}
     print()
+    if args.rounds > 1:
+        print(f"medians of {args.rounds} interleaved rounds; requests and errors are totals")
     print(f"{'app':<46} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'requests':>9} {'errors':>7}")
     for app, r in results.items():
         print(f"{LABELS[app]:<46} {r.rps:>9,.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} "
@@ -351,6 +374,9 @@ def main() -> None:
         print(f"kernel/bare throughput:      {ratio:.2f}x  (target >= 0.5x: {ok})")
         ok = "meets" if p99_ratio < 3 else "MISSES"
         print(f"p99 kernel/bare:             {p99_ratio:.2f}x  (target < 3x: {ok})")
+    if args.rounds > 1 and bare and kernel:
+        each = sorted(k.rps / b.rps for k, b in zip(runs["kernel"], runs["bare"], strict=True))
+        print(f"kernel/bare by round:        {', '.join(f'{r:.2f}x' for r in each)}")
     if kernel and hand:
         ratio = kernel.rps / hand.rps
         print(f"kernel/hand-assembled:       {ratio:.2f}x  (issue: > 3x follows from >= 0.5x bare)")
