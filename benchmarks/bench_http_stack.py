@@ -208,8 +208,9 @@ def bench_app(app: str, env: dict[str, str], args: argparse.Namespace) -> Result
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     factory = {"bare": "bare_app", "kernel": "kernel_app", "hand": "hand_app"}[app]
-    # The kernel's JSON log lines (access log at INFO included) go to /dev/null;
-    # stderr is kept in a file, shown if the server fails.
+    # Each server's stderr goes to a file, as a service's logs would: the kernel's
+    # JSON lines (the access line of every request included) are written there,
+    # and the tail is shown if the server fails.
     stderr_path = Path(env["BENCH_DATA_DIR"]) / f"{app}.stderr"
     with stderr_path.open("wb") as stderr:
         proc = subprocess.Popen(
@@ -328,7 +329,7 @@ def main() -> None:
     rm_text = {None: "setting missing", True: "enabled", False: "DISABLED"}[rm]
     print(f"kernel: auth (real user, login token), global rate limit {_stack_apps.RATE_LIMIT}/60 s "
           f"on Redis db 0, Prometheus metrics, request metrics {rm_text}, JSON logs at INFO "
-          f"to /dev/null")  # fmt: skip
+          f"to a file")  # fmt: skip
     print(f"load average before: {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}")
     sys.stdout.flush()
 
