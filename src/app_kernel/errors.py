@@ -8,6 +8,9 @@ The tree::
     ├── MissingDependencyError (also ImportError) an optional extra is not installed
     └── BackendUnavailable                     Redis, SQLite or the database failed
 
+    Exception
+    └── PermanentError   raised by a job handler: the job is dead, no further attempt
+
 This module imports nothing from app_kernel, so every other module may import it.
 """
 
@@ -18,6 +21,7 @@ __all__ = (
     "KernelError",
     "KernelNotInitialized",
     "MissingDependencyError",
+    "PermanentError",
     "SettingsError",
 )
 
@@ -51,3 +55,11 @@ class MissingDependencyError(KernelError, ImportError):
 
 class BackendUnavailable(KernelError):
     """A coordination or storage backend did not answer in time or failed."""
+
+
+class PermanentError(Exception):
+    """Raised by a job handler when retrying cannot help: the job goes dead at once.
+
+    Defined here, below every layer, so the kernel's own tasks (the request
+    metrics store) can raise it; ``app_kernel.jobs`` exports it.
+    """

@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from _log_capture import configured_logging
 from app_kernel import init_app_kernel
 from app_kernel.db.engine import Database
+from app_kernel.errors import PermanentError
 from app_kernel.jobs import WorkerManager
 from app_kernel.kernel import Kernel
 from app_kernel.observability import RequestMetricsStore, request_metrics_store
@@ -282,6 +283,37 @@ async def test_a_worker_stores_exactly_what_was_captured(
     assert kernel.request_metrics.batches_queued >= 3
 
 
+async def test_a_worker_buries_a_malformed_batch_at_once_and_goes_on(app: FastAPI) -> None:
+    """One attempt, no retries, dead with the reason; the next batch is stored."""
+    async with app.router.lifespan_context(app):
+        kernel: Kernel = app.state.app_kernel
+        bad = await kernel.jobs.enqueue(
+            request_metrics_store.STORE_TASK,
+            {"fields": ["path", "pasword"], "rows": [["/a", "x"]]},
+            priority="low",
+        )
+        manager = WorkerManager(kernel, handle_signals=False)
+        task = asyncio.create_task(manager.start())
+        try:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+                await http.get("/items/1")
+            store = RequestMetricsStore(kernel.database)
+            deadline = time.monotonic() + 15
+            rows: list[dict[str, Any]] = []
+            while time.monotonic() < deadline and not rows:
+                rows = await store.get_recent(limit=5)
+                await asyncio.sleep(0.05)
+            job = await kernel.jobs.get_job(bad.job_id)
+        finally:
+            await manager.stop()
+            await task
+    assert [r["path"] for r in rows] == ["/items/1"]
+    assert job is not None
+    assert (job.status, job.attempt) == ("dead", 1)
+    assert "unknown fields ['pasword']" in (job.error or "")
+
+
 async def test_without_a_worker_queued_batches_are_bounded(tmp_path: Path) -> None:
     app = await asyncio.to_thread(
         worker_app,
@@ -477,16 +509,19 @@ async def test_the_store_task_takes_rows_and_the_older_records_form(sql_database
         ({"fields": ["path"], "rows": [("/a",), "x"]}, "expected 'fields'"),
         ({"fields": ["path", "pasword"], "rows": [["/a", "x"]]}, "unknown fields ['pasword']"),
         ({"fields": ["path", "method"], "rows": [["/a"]]}, "does not match 'fields' (2 names)"),
+        ({"records": [{"path": "/a", "method": "GET"}]}, "has no usable timestamp"),
+        ({"records": [{**DATA[0], "timestamp": "yesterday"}]}, "has no usable timestamp"),
+        ({"records": [DATA[0], {**DATA[1], "method": None}]}, "the database refused a record"),
     ],
 )
-async def test_a_malformed_batch_fails_with_what_is_wrong(
+async def test_a_malformed_batch_fails_for_good_with_what_is_wrong(
     sql_database_url: str, payload: dict[str, Any], complaint: str
 ) -> None:
     database = Database(sql_database_url)
     await database.open()
     request_metrics_store.bind_database(database)
     try:
-        with pytest.raises(ValueError, match=re.escape(complaint)):
+        with pytest.raises(PermanentError, match=re.escape(complaint)):
             await request_metrics_store.store_batch_task(payload, None)
         assert await RequestMetricsStore(database).get_recent() == []
     finally:

@@ -15,7 +15,7 @@ The tree::
 
 from __future__ import annotations
 
-from app_kernel.errors import KernelError
+from app_kernel.errors import KernelError, PermanentError
 
 __all__ = (
     "InvalidJobError",
@@ -61,7 +61,3 @@ class Retry(Exception):
         self.delay_seconds = float(delay_seconds)
         self.reason = reason
         super().__init__(reason or f"retry requested in {self.delay_seconds:g}s")
-
-
-class PermanentError(Exception):
-    """Raised by a handler when retrying cannot help: the job goes dead at once."""

@@ -36,12 +36,18 @@ from sqlalchemy import (
     insert,
     select,
 )
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import (
+    DataError,
+    DBAPIError,
+    IntegrityError,
+    SQLAlchemyError,
+    StatementError,
+)
 
 from app_kernel._runtime import current_kernel
 from app_kernel.db.tables import kernel_metadata
 from app_kernel.db.types import UtcDateTime
-from app_kernel.errors import BackendUnavailable, KernelError
+from app_kernel.errors import BackendUnavailable, KernelError, PermanentError
 from app_kernel.observability.logging import get_logger
 from app_kernel.observability.request_metrics import as_records
 
@@ -132,6 +138,15 @@ def _to_dict(row: Any) -> dict[str, Any]:
     return data
 
 
+def _refused_data(exc: SQLAlchemyError) -> bool:
+    """True when the database refused the values themselves (a wrong type, a
+    missing required field), which no retry can fix; False for a failing database."""
+    if isinstance(exc, DataError | IntegrityError):
+        return True
+    # A StatementError that is no driver error: a value the column type could not bind.
+    return isinstance(exc, StatementError) and not isinstance(exc, DBAPIError)
+
+
 def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
@@ -163,11 +178,17 @@ class RequestMetricsStore:
         """Store ``records`` with one INSERT statement (executemany) in one transaction.
 
         Raises:
+            ValueError: a record cannot be a row (no timestamp, a value its column
+                cannot hold, a required field missing); nothing is stored.
             BackendUnavailable: the database failed.
         """
         if not records:
             return 0
-        rows = [_row_of(record) for record in records]
+        try:
+            rows = [_row_of(record) for record in records]
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+            msg = f"request metrics: a record has no usable timestamp: {type(exc).__name__}"
+            raise ValueError(msg) from exc
         try:
             async with self.database.engine.begin() as conn:
                 # One cached INSERT run by the driver's executemany in one transaction
@@ -175,6 +196,9 @@ class RequestMetricsStore:
                 # VALUES, which SQLAlchemy compiles afresh for every batch.
                 await conn.execute(insert(request_metrics_table), rows)
         except SQLAlchemyError as exc:
+            if _refused_data(exc):
+                msg = f"request metrics: the database refused a record: {type(exc).__name__}"
+                raise ValueError(msg) from exc
             msg = f"request metrics: could not store {len(rows)} records: {type(exc).__name__}"
             raise BackendUnavailable(msg) from exc
         return len(rows)
@@ -424,7 +448,7 @@ def _records_of(payload: dict[str, Any]) -> list[dict[str, Any]]:
     upgrade are still stored.
 
     Raises:
-        ValueError: the payload is neither (the job fails; the worker goes on).
+        ValueError: the payload is neither.
     """
     rows = payload.get("rows")
     if rows is None:
@@ -455,6 +479,8 @@ async def store_batch_task(payload: dict[str, Any], ctx: Any) -> dict[str, int]:
 
     Raises:
         KernelError: no kernel is open in this process.
+        PermanentError: the batch is malformed, or the database refused its
+            values; retrying cannot help, so the job goes dead at once.
         BackendUnavailable: the database failed (the job is retried).
     """
     if not _bound:
@@ -462,7 +488,11 @@ async def store_batch_task(payload: dict[str, Any], ctx: Any) -> dict[str, int]:
         raise KernelError(msg)
     database = _bound[-1]
     store = RequestMetricsStore(database)
-    stored = await store.insert_many(_records_of(payload))
+    try:
+        stored = await store.insert_many(_records_of(payload))
+    except ValueError as exc:
+        # A malformed batch stays malformed: no retry, the job goes dead at once.
+        raise PermanentError(str(exc)) from exc
     result = {"stored": stored}
     retention = payload.get("retention_days")
     now = time.monotonic()
