@@ -7,6 +7,7 @@ kernel's buffer where the test reads it.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,9 @@ def peer(app: FastAPI, ip: str) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=transport, base_url="http://test")
 
 
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
 def records(kernel: Kernel) -> list[dict[str, Any]]:
     buffer = kernel.request_metrics.buffer
     return as_records(RECORD_FIELDS, buffer.take(len(buffer)))
@@ -104,6 +108,7 @@ async def test_a_request_is_captured_with_every_field(app: FastAPI) -> None:
                 "Referer": "https://example.com/" + "r" * 600,
                 "CF-IPCountry": "de",
                 "X-Request-ID": "req-123",
+                "traceparent": f"00-{TRACE}-00f067aa0ba902b7-01",
             },
         )
         assert response.status_code == 200
@@ -129,6 +134,7 @@ async def test_a_request_is_captured_with_every_field(app: FastAPI) -> None:
     assert record["user_id"] is None
     assert record["workspace_id"] == "ws-42"
     assert record["country"] == "DE"
+    assert record["trace_id"] == TRACE
     assert before - 1 <= record["timestamp"] <= time.time() + 1
     moment = time.gmtime(record["timestamp"])
     assert (record["year"], record["month"], record["day"], record["hour"]) == (
@@ -269,3 +275,12 @@ def test_the_manifest_form_enables_capture(tmp_path: Path) -> None:
     assert request_metrics.exclude_paths == ("/health", "/internal")
     assert request_metrics.batch_size == 250
     assert request_metrics.buffer_size == 10_000
+
+
+async def test_a_request_without_traceparent_gets_a_trace_id_of_its_own(app: FastAPI) -> None:
+    async with running(app) as kernel, peer(app, "203.0.113.7") as http:
+        for _ in range(2):
+            await http.get(f"{API_PREFIX}/workspaces/w/items/1")
+        first, second = records(kernel)
+    assert re.fullmatch(r"[0-9a-f]{32}", first["trace_id"])
+    assert first["trace_id"] != second["trace_id"]

@@ -93,6 +93,8 @@ async def test_list_filters_and_pages(http: httpx.AsyncClient) -> None:
         BASE, headers=ADMIN, params={"path_prefix": "/api/a", "min_latency_ms": 25}
     )
     assert [r["path"] for r in filtered.json()["items"]] == ["/api/a/4", "/api/a/3", "/api/a/old"]
+    traced = await http.get(BASE, headers=ADMIN, params={"trace_id": DATA[3]["trace_id"]})
+    assert [r["path"] for r in traced.json()["items"]] == ["/api/a/4"]
     assert (await http.get(BASE, headers=ADMIN, params={"limit": 0})).status_code == 422
     assert (await http.get(BASE, headers=ADMIN, params={"status_min": 700})).status_code == 422
 

@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from _log_capture import configured_logging
 from app_kernel import init_app_kernel
 from app_kernel.db.engine import Database
-from app_kernel.errors import PermanentError
+from app_kernel.errors import KernelError, PermanentError
 from app_kernel.jobs import WorkerManager
 from app_kernel.kernel import Kernel
 from app_kernel.observability import RequestMetricsStore, request_metrics_store
@@ -64,6 +64,7 @@ def record(
         "user_id": None,
         "workspace_id": None,
         "country": None,
+        "trace_id": None,
     }
     values.update(fields)
     return values
@@ -73,7 +74,14 @@ DATA = [
     record("/api/a/1", "/api/a/{id}", 10, ago=timedelta(minutes=7), user_id="u1"),
     record("/api/a/2", "/api/a/{id}", 20, ago=timedelta(minutes=6), workspace_id="w1"),
     record("/api/a/3", "/api/a/{id}", 30, ago=timedelta(minutes=5)),
-    record("/api/a/4", "/api/a/{id}", 40, ago=timedelta(minutes=4), query_params={"q": "x"}),
+    record(
+        "/api/a/4",
+        "/api/a/{id}",
+        40,
+        ago=timedelta(minutes=4),
+        query_params={"q": "x"},
+        trace_id="4bf92f3577b34da6a3ce929d0e0e4736",
+    ),
     record("/api/b", "/api/b", 100, 500, method="POST", ago=timedelta(minutes=3)),
     record("/api/b", "/api/b", 200, 500, method="POST", ago=timedelta(minutes=2)),
     record("/api/c_1", "/api/c_1", 1500, 404, ago=timedelta(minutes=1)),
@@ -134,6 +142,7 @@ async def test_recent_filters(store: RequestMetricsStore) -> None:
     assert await paths(route="/api/a/{id}", limit=2, offset=1) == ["/api/a/3", "/api/a/2"]
     assert await paths(user_id="u1") == ["/api/a/1"]
     assert await paths(workspace_id="w1") == ["/api/a/2"]
+    assert await paths(trace_id="4bf92f3577b34da6a3ce929d0e0e4736") == ["/api/a/4"]
     assert await paths(since=NOW - timedelta(minutes=2, seconds=30)) == ["/api/c_1", "/api/b"]
     assert await paths(until=NOW - timedelta(hours=1)) == ["/api/a/old"]
 
@@ -527,3 +536,87 @@ async def test_a_malformed_batch_fails_for_good_with_what_is_wrong(
     finally:
         await request_metrics_store.unbind_database(database)
         await database.close()
+
+
+async def test_opening_adds_the_columns_an_older_kernel_did_not_make(
+    sql_database_url: str,
+) -> None:
+    """A request_metrics table made before trace_id existed gains the column, empty."""
+    from sqlalchemy import Column, MetaData, Table, inspect
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    old_metadata = MetaData()
+    current = request_metrics_store.request_metrics_table
+    Table(
+        "request_metrics",
+        old_metadata,
+        *(
+            Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
+            for c in current.columns
+            if c.name != "trace_id"
+        ),
+    )
+    engine = create_async_engine(sql_database_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(old_metadata.create_all)
+            await conn.execute(
+                request_metrics_store.request_metrics_table.insert(),
+                [{k: v for k, v in stored_row(DATA[0]).items() if k != "trace_id"}],
+            )
+    finally:
+        await engine.dispose()
+    database = Database(sql_database_url)
+    await database.open()
+    try:
+        async with database.engine.connect() as conn:
+            names = await conn.run_sync(
+                lambda sync: [c["name"] for c in inspect(sync).get_columns("request_metrics")]
+            )
+        assert "trace_id" in names
+        store = RequestMetricsStore(database)
+        assert await store.insert_many([DATA[3]]) == 1
+        rows = await store.get_recent()
+        assert [(r["path"], r["trace_id"]) for r in rows] == [
+            ("/api/a/4", "4bf92f3577b34da6a3ce929d0e0e4736"),
+            ("/api/a/1", None),
+        ]
+        await database.open()  # a second start finds nothing to add
+    finally:
+        await database.close()
+
+
+async def test_opening_refuses_a_table_without_a_required_column(sql_database_url: str) -> None:
+    """A required column cannot be added to existing rows: the error names it."""
+    from sqlalchemy import Column, MetaData, Table
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    old_metadata = MetaData()
+    current = request_metrics_store.request_metrics_table
+    Table(
+        "request_metrics",
+        old_metadata,
+        *(
+            Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
+            for c in current.columns
+            if c.name != "method"
+        ),
+    )
+    engine = create_async_engine(sql_database_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(old_metadata.create_all)
+    finally:
+        await engine.dispose()
+    database = Database(sql_database_url)
+    try:
+        with pytest.raises(
+            KernelError, match="'request_metrics' lacks the required column 'method'"
+        ):
+            await database.open()
+    finally:
+        await database.close()
+
+
+def stored_row(record: dict[str, Any]) -> dict[str, Any]:
+    return request_metrics_store._row_of(record)

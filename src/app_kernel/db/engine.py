@@ -7,18 +7,19 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event, text
+from sqlalchemy import Column, Connection, Table, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.schema import CreateIndex, CreateTable
+from sqlalchemy.schema import CreateColumn, CreateIndex, CreateTable
 
 from app_kernel.db.tables import kernel_metadata
-from app_kernel.errors import MissingDependencyError
+from app_kernel.errors import KernelError, MissingDependencyError
 
 __all__ = ("Database",)
 
@@ -75,6 +76,8 @@ class Database:
                 await conn.execute(lock, {"id": _SCHEMA_LOCK_ID})
             for table in kernel_metadata.sorted_tables:
                 await conn.execute(CreateTable(table, if_not_exists=True))
+            await _add_missing_columns(conn)
+            for table in kernel_metadata.sorted_tables:
                 for index in table.indexes:
                     await conn.execute(CreateIndex(index, if_not_exists=True))
 
@@ -86,3 +89,38 @@ class Database:
     async def close(self) -> None:
         """Close every pooled connection."""
         await self.engine.dispose()
+
+
+async def _add_missing_columns(conn: AsyncConnection) -> None:
+    """Add the columns a newer kernel gave its tables to tables an older one made.
+
+    The kernel's tables only ever gain nullable columns, and such a column is
+    added empty (``ALTER TABLE ... ADD COLUMN``), so a database made by an older
+    kernel keeps working. A missing column that could not be added that way is
+    reported rather than guessed at.
+
+    Raises:
+        KernelError: a kernel table lacks a required (not nullable) column.
+    """
+    missing = await conn.run_sync(_missing_columns)
+    preparer = conn.dialect.identifier_preparer
+    for table, column in missing:
+        if not column.nullable:
+            msg = (
+                f"table {table.name!r} lacks the required column {column.name!r}, which "
+                "the kernel cannot add to existing rows; migrate the table or start "
+                "from an empty database"
+            )
+            raise KernelError(msg)
+        spec = CreateColumn(column).compile(dialect=conn.dialect)
+        statement = f"ALTER TABLE {preparer.format_table(table)} ADD COLUMN {spec}"
+        await conn.execute(text(statement))
+
+
+def _missing_columns(conn: Connection) -> list[tuple[Table, Column[Any]]]:
+    inspector = inspect(conn)
+    missing: list[tuple[Table, Column[Any]]] = []
+    for table in kernel_metadata.sorted_tables:
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        missing += [(table, column) for column in table.columns if column.name not in present]
+    return missing

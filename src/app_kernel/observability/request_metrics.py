@@ -34,6 +34,7 @@ from urllib.parse import parse_qsl
 
 from app_kernel.observability.logging import get_logger
 from app_kernel.observability.redaction import REDACTED, is_secret_key
+from app_kernel.observability.tracing import current_trace_id
 
 if TYPE_CHECKING:
     from app_kernel.observability.metrics import Metrics
@@ -175,6 +176,7 @@ RECORD_FIELDS = (
     "user_id",
     "workspace_id",
     "country",
+    "trace_id",
 )
 """The fields of a record, in the order a row holds them."""
 
@@ -478,5 +480,6 @@ class RequestMetricsObserver:
             _cut(None if user_id is None else str(user_id), _MAX_ID),
             _cut(None if workspace is None else str(workspace), _MAX_ID),
             country,
+            current_trace_id(),  # the request's, from its traceparent or made for it
         )
         recorder.buffer.add(row)

@@ -36,6 +36,7 @@ class _Filters:
     path_prefix: str | None = None
     method: str | None = None
     route: str | None = None
+    trace_id: str | None = None
     since: datetime | None = None
     until: datetime | None = None
 
@@ -44,6 +45,7 @@ class _Filters:
             "path_prefix": self.path_prefix,
             "method": self.method,
             "route": self.route,
+            "trace_id": self.trace_id,
             "since": self.since,
             "until": self.until,
         }
@@ -56,7 +58,7 @@ def request_metrics_router(path: str, admin_dependency: Callable[..., Any]) -> A
     """A router answering ``GET {path}``, ``{path}/stats``, ``{path}/slow`` and ``{path}/errors``.
 
     The lists take the filters ``path_prefix``, ``method``, ``route``,
-    ``status_min``, ``status_max``, ``min_latency_ms``, ``user_id``,
+    ``trace_id``, ``status_min``, ``status_max``, ``min_latency_ms``, ``user_id``,
     ``workspace_id``, ``since`` and ``until`` (ISO 8601, UTC without an offset),
     and ``limit`` (1 to 1000, default 100) and ``offset``; they answer
     ``{"items": [...], "limit", "offset", "next_offset"}`` newest first,

@@ -102,11 +102,13 @@ request_metrics_table = Table(
     Column("user_id", String(255)),
     Column("workspace_id", String(255)),
     Column("country", String(2)),
+    Column("trace_id", String(32)),
     # Covering indexes: the stats read only index entries, never the rows.
     Index("ix_request_metrics_timestamp", "timestamp", "latency_ms", "status_code"),
     Index("ix_request_metrics_latency", "latency_ms", "timestamp"),
     Index("ix_request_metrics_route", "route", "method", "timestamp", "latency_ms", "status_code"),
     Index("ix_request_metrics_status", "status_code", "timestamp"),
+    Index("ix_request_metrics_trace", "trace_id"),
 )
 """The ``request_metrics`` table, created by ``Database.open()`` with the other kernel tables."""
 
@@ -230,6 +232,7 @@ class RequestMetricsStore:
         route: str | None = None,
         user_id: str | None = None,
         workspace_id: str | None = None,
+        trace_id: str | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
     ) -> list[dict[str, Any]]:
@@ -246,6 +249,7 @@ class RequestMetricsStore:
             route: only this route template (``/items/{item_id}``).
             user_id: only this user's requests.
             workspace_id: only requests on this workspace.
+            trace_id: only the requests of this W3C trace.
             since: only records at or after this time (naive means UTC).
             until: only records before this time (naive means UTC).
 
@@ -266,6 +270,7 @@ class RequestMetricsStore:
             statement = statement.where(table.c.status_code <= status_max)
         equal = {"method": method, "route": route, "user_id": user_id}
         equal["workspace_id"] = workspace_id
+        equal["trace_id"] = trace_id
         for name, value in equal.items():
             if value is not None:
                 statement = statement.where(table.c[name] == value)
