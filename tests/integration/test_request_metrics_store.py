@@ -620,3 +620,8 @@ async def test_opening_refuses_a_table_without_a_required_column(sql_database_ur
 
 def stored_row(record: dict[str, Any]) -> dict[str, Any]:
     return request_metrics_store._row_of(record)
+
+
+def test_a_row_holds_every_column_of_the_table() -> None:
+    """The capture's field list and the table agree (a new column needs both)."""
+    assert sorted(RECORD_FIELDS) == sorted(request_metrics_store._RECORD_FIELDS)

@@ -108,6 +108,7 @@ request_metrics_table = Table(
     Index("ix_request_metrics_latency", "latency_ms", "timestamp"),
     Index("ix_request_metrics_route", "route", "method", "timestamp", "latency_ms", "status_code"),
     Index("ix_request_metrics_status", "status_code", "timestamp"),
+    # Finds the requests of one trace.
     Index("ix_request_metrics_trace", "trace_id"),
 )
 """The ``request_metrics`` table, created by ``Database.open()`` with the other kernel tables."""
@@ -268,9 +269,13 @@ class RequestMetricsStore:
             statement = statement.where(table.c.status_code >= status_min)
         if status_max is not None:
             statement = statement.where(table.c.status_code <= status_max)
-        equal = {"method": method, "route": route, "user_id": user_id}
-        equal["workspace_id"] = workspace_id
-        equal["trace_id"] = trace_id
+        equal = {
+            "method": method,
+            "route": route,
+            "user_id": user_id,
+            "workspace_id": workspace_id,
+            "trace_id": trace_id,
+        }
         for name, value in equal.items():
             if value is not None:
                 statement = statement.where(table.c[name] == value)
