@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import HTTPException, Request, Response
 
 from app_kernel._runtime import kernel_of_app
+from app_kernel.observability.route_template import full_template
 from app_kernel.reliability.backends.base import Limit, RateLimitResult
 from app_kernel.reliability.ratelimit import RateLimiter
 from app_kernel.reliability.ratelimit_headers import rate_limit_headers, retry_after
@@ -26,23 +27,10 @@ KeyFunc = Callable[[Request, Any], "str | Awaitable[str]"]
 
 
 def route_identity(scope: dict[str, Any] | Any) -> str:
-    """``<METHOD> <route template>``, the prefix included (``GET /api/v1/items/{id}``)."""
-    route = scope.get("route")
-    template = getattr(route, "path_format", None) or getattr(route, "path", None)
-    path: str = scope.get("path", "")
-    if not isinstance(template, str):
-        return f"{scope.get('method', '')} {path}"
-    root_path: str = scope.get("root_path", "")
-    if root_path and path.startswith(root_path):
-        path = path[len(root_path) :]
-    try:
-        rendered = template.format(**scope.get("path_params", {}))
-    except (KeyError, IndexError, ValueError):
-        rendered = ""
-    # Newer FastAPI keeps an included route without its router prefix: put it back.
-    if rendered and path.endswith(rendered):
-        template = path[: len(path) - len(rendered)] + template
-    return f"{scope.get('method', '')} {template}"
+    """``<METHOD> <route template>``, the prefix included (``GET /api/v1/items/{id}``);
+    the raw path when no route with a template matched."""
+    template = full_template(scope.get("route"), scope)
+    return f"{scope.get('method', '')} {template or scope.get('path', '')}"
 
 
 async def caller_key(request: Request) -> str:

@@ -14,6 +14,7 @@ from app_kernel.observability.request_outcome import (
     RequestObserver,
     RequestOutcome,
 )
+from app_kernel.observability.route_template import full_template
 from app_kernel.observability.tracing import reset_trace_id, set_trace_id, trace_id_of
 from app_kernel.types import ASGIApp, Message, Receive, Scope, Send
 from app_kernel.web.client_ip import ClientIpResolver
@@ -29,43 +30,19 @@ _ROUTE_KEY = "app_kernel_route"
 def route_template(scope: Scope) -> str:
     """The matched route's full template (``/api/v1/widgets/{id}``), or ``__unmatched__``.
 
-    Routers disagree on what ``scope["route"]`` holds for an included router:
-    older FastAPI copies each route with its prefix, newer FastAPI keeps the
-    original route without it. So the template is rebuilt the same way for
-    both: render the route's own template with the request's path params and
-    put back whatever prefix the real path has in front of it.
+    Asked by the access line and both metrics observers, so it is worked out
+    once per request (see :func:`~app_kernel.observability.route_template.full_template`).
     """
     route = scope.get("route")
     if route is None:
         return "__unmatched__"
-    # Asked by the access line and both metrics observers: worked out once per request.
     state = scope.get("state")
     cached = state.get(_ROUTE_KEY) if state is not None else None
     if cached is not None and cached[0] is route:
         return str(cached[1])
-    template = _template_of(route, scope)
+    template = full_template(route, scope) or "__unmatched__"
     if state is not None:
         state[_ROUTE_KEY] = (route, template)
-    return template
-
-
-def _template_of(route: object, scope: Scope) -> str:
-    template = getattr(route, "path_format", None) or getattr(route, "path", None)
-    if not isinstance(template, str):
-        return "__unmatched__"
-    path: str = scope.get("path", "")
-    root_path: str = scope.get("root_path", "")
-    if root_path and path.startswith(root_path):
-        path = path[len(root_path) :]
-    if "{" not in template:  # no parameters: the template renders as itself
-        rendered = template
-    else:
-        try:
-            rendered = template.format(**scope.get("path_params", {}))
-        except (KeyError, IndexError, ValueError):
-            return template
-    if rendered and path.endswith(rendered):
-        return path[: len(path) - len(rendered)] + template
     return template
 
 

@@ -1,0 +1,88 @@
+"""Route templates from the scope: the access line's and metrics' label, and the
+rate-limit key's route part, which must not change between releases."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from app_kernel.reliability.ratelimit_deps import route_identity
+from app_kernel.web.request_context import route_template
+
+
+def _route(template: str | None) -> SimpleNamespace:
+    return SimpleNamespace(path_format=template, path=template)
+
+
+CASES: list[tuple[str, dict[str, Any], str, str]] = [
+    (
+        "included-router-route-without-its-prefix",
+        {
+            "route": _route("/items/{item_id}"),
+            "path": "/api/v1/items/42",
+            "path_params": {"item_id": 42},
+        },
+        "/api/v1/items/{item_id}",
+        "GET /api/v1/items/{item_id}",
+    ),
+    (
+        "route-copied-with-its-prefix",
+        {
+            "route": _route("/api/v1/items/{item_id}"),
+            "path": "/api/v1/items/7",
+            "path_params": {"item_id": 7},
+        },
+        "/api/v1/items/{item_id}",
+        "GET /api/v1/items/{item_id}",
+    ),
+    (
+        "no-parameters",
+        {"route": _route("/health"), "path": "/api/health", "path_params": {}},
+        "/api/health",
+        "GET /api/health",
+    ),
+    (
+        "mounted-under-a-root-path",
+        {
+            "route": _route("/items/{id}"),
+            "path": "/svc/api/items/3",
+            "root_path": "/svc",
+            "path_params": {"id": 3},
+        },
+        "/api/items/{id}",
+        "GET /api/items/{id}",
+    ),
+    (
+        "params-that-do-not-render-the-template",
+        {"route": _route("/items/{id}"), "path": "/api/items/3", "path_params": {}},
+        "/items/{id}",
+        "GET /items/{id}",
+    ),
+    (
+        "no-route-matched",
+        {"route": None, "path": "/nowhere/12"},
+        "__unmatched__",
+        "GET /nowhere/12",
+    ),
+    (
+        "a-route-without-a-text-template",
+        {"route": _route(None), "path": "/odd/1"},
+        "__unmatched__",
+        "GET /odd/1",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("scope", "template", "identity"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_templates_and_rate_limit_identities(
+    scope: dict[str, Any], template: str, identity: str
+) -> None:
+    scope = {"type": "http", "method": "GET", "state": {}, **scope}
+    if scope["route"] is None:
+        scope.pop("route")
+    assert route_template(dict(scope)) == template
+    assert route_identity(dict(scope)) == identity
