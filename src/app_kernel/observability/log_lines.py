@@ -100,7 +100,8 @@ class RequestLine(NamedTuple):
         event["level"] = "info"
         event["logger"] = self.logger_name
         event["timestamp"] = self.timestamp
-        event.update(static_fields)
+        for key, value in static_fields.items():  # as _add_static_fields: never over a field
+            event.setdefault(key, value)
         return event
 
     def json(self, suffix: str | None) -> str | None:
