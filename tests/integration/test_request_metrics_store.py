@@ -538,34 +538,41 @@ async def test_a_malformed_batch_fails_for_good_with_what_is_wrong(
         await database.close()
 
 
-async def test_opening_adds_the_columns_an_older_kernel_did_not_make(
-    sql_database_url: str,
-) -> None:
-    """A request_metrics table made before trace_id existed gains the column, empty."""
-    from sqlalchemy import Column, MetaData, Table, inspect
+async def make_table_without(url: str, column: str, rows: list[dict[str, Any]]) -> None:
+    """Create ``request_metrics`` as an older build would have, without ``column``."""
+    from sqlalchemy import Column, MetaData, Table
     from sqlalchemy.ext.asyncio import create_async_engine
 
     old_metadata = MetaData()
     current = request_metrics_store.request_metrics_table
-    Table(
+    old = Table(
         "request_metrics",
         old_metadata,
         *(
             Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
             for c in current.columns
-            if c.name != "trace_id"
+            if c.name != column
         ),
     )
-    engine = create_async_engine(sql_database_url)
+    engine = create_async_engine(url)
     try:
         async with engine.begin() as conn:
             await conn.run_sync(old_metadata.create_all)
-            await conn.execute(
-                request_metrics_store.request_metrics_table.insert(),
-                [{k: v for k, v in stored_row(DATA[0]).items() if k != "trace_id"}],
-            )
+            if rows:
+                await conn.execute(old.insert(), rows)
     finally:
         await engine.dispose()
+
+
+async def test_opening_adds_the_columns_an_older_kernel_did_not_make(
+    sql_database_url: str,
+) -> None:
+    """A request_metrics table made before trace_id existed gains the column, empty."""
+    from sqlalchemy import inspect
+
+    old_row = request_metrics_store._row_of(DATA[0])
+    del old_row["trace_id"]
+    await make_table_without(sql_database_url, "trace_id", [old_row])
     database = Database(sql_database_url)
     await database.open()
     try:
@@ -588,26 +595,7 @@ async def test_opening_adds_the_columns_an_older_kernel_did_not_make(
 
 async def test_opening_refuses_a_table_without_a_required_column(sql_database_url: str) -> None:
     """A required column cannot be added to existing rows: the error names it."""
-    from sqlalchemy import Column, MetaData, Table
-    from sqlalchemy.ext.asyncio import create_async_engine
-
-    old_metadata = MetaData()
-    current = request_metrics_store.request_metrics_table
-    Table(
-        "request_metrics",
-        old_metadata,
-        *(
-            Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
-            for c in current.columns
-            if c.name != "method"
-        ),
-    )
-    engine = create_async_engine(sql_database_url)
-    try:
-        async with engine.begin() as conn:
-            await conn.run_sync(old_metadata.create_all)
-    finally:
-        await engine.dispose()
+    await make_table_without(sql_database_url, "method", [])
     database = Database(sql_database_url)
     try:
         with pytest.raises(
@@ -616,10 +604,6 @@ async def test_opening_refuses_a_table_without_a_required_column(sql_database_ur
             await database.open()
     finally:
         await database.close()
-
-
-def stored_row(record: dict[str, Any]) -> dict[str, Any]:
-    return request_metrics_store._row_of(record)
 
 
 def test_a_row_holds_every_column_of_the_table() -> None:
