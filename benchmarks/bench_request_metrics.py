@@ -37,8 +37,10 @@ DEFAULT_PG = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 
 _COLUMNS = (
     "timestamp, year, month, day, hour, method, path, route, status_code, error, "
-    "latency_ms, client_ip, user_agent"
+    "latency_ms, client_ip, user_agent, trace_id"
 )
+# Row n's trace id is n in 32 hex digits, so a lookup can name one that exists.
+TRACE_LOOKUP = f"{123_456:032x}"
 
 SQLITE_FILL = f"""
 WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < :rows),
@@ -64,7 +66,8 @@ SELECT strftime('%Y-%m-%d %H:%M:%S', ts, 'unixepoch') || '.000000',
        CASE WHEN status >= 400 THEN 'Internal Server Error' END,
        latency + (n % 1000) / 1000.0,
        '203.0.113.' || (n % 250),
-       'bench/1.0'
+       'bench/1.0',
+       printf('%032x', n)
 FROM r
 """
 
@@ -82,7 +85,8 @@ SELECT ts,
        CASE WHEN n % 20 = 0 THEN 'Internal Server Error' END,
        CASE WHEN n % 100 = 0 THEN 1000 + random() * 2000 ELSE 1 + random() * 200 END,
        '203.0.113.' || (n % 250),
-       'bench/1.0'
+       'bench/1.0',
+       lpad(to_hex(n), 32, '0')
 FROM (
     SELECT n, now() - random() * interval '23 hours' AS ts
     FROM generate_series(1, :rows) AS n
@@ -133,6 +137,7 @@ async def run(database: Database, rows: int, fill: str) -> None:
         await best_of(
             "get_recent(offset=10000)", lambda: store.get_recent(limit=100, offset=10_000)
         )
+        await best_of("get_recent(trace_id=...)", lambda: store.get_recent(trace_id=TRACE_LOOKUP))
         batch = [
             {
                 "timestamp": time.time(),
@@ -141,6 +146,7 @@ async def run(database: Database, rows: int, fill: str) -> None:
                 "route": "/bench/{n}",
                 "status_code": 200,
                 "latency_ms": 1.5,
+                "trace_id": uuid.uuid4().hex,
             }
             for n in range(500)
         ]
