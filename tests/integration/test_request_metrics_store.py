@@ -609,3 +609,29 @@ async def test_opening_refuses_a_table_without_a_required_column(sql_database_ur
 def test_a_row_holds_every_column_of_the_table() -> None:
     """The capture's field list and the table agree (a new column needs both)."""
     assert sorted(RECORD_FIELDS) == sorted(request_metrics_store._RECORD_FIELDS)
+
+
+async def test_processes_starting_together_add_a_column_once(tmp_path: Path) -> None:
+    """Processes opening an older build's SQLite file at once (the API and its
+    worker; here four engines, each with its own connection) all start: the first
+    adds the column, the others wait for its write lock and find it. Without
+    BEGIN IMMEDIATE the others failed with "database is locked"."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'app.db'}"
+    first = Database(url)
+    await first.open()  # every kernel table as it is now...
+    await first.close()
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:  # ...but request_metrics as an older build made it
+            await conn.exec_driver_sql("DROP TABLE request_metrics")
+    finally:
+        await engine.dispose()
+    await make_table_without(url, "trace_id", [])
+    databases = [Database(url) for _ in range(4)]
+    try:
+        await asyncio.gather(*(database.open() for database in databases))
+    finally:
+        for database in databases:
+            await database.close()

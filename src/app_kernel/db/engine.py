@@ -25,6 +25,7 @@ __all__ = ("Database",)
 
 # Any constant works; it only has to be the same in every process of the service.
 _SCHEMA_LOCK_ID = 0x61706B72
+_BEGIN_IMMEDIATE = "app_kernel_begin_immediate"
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -42,7 +43,12 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _sqlite_begin(connection: Any) -> None:
-    connection.exec_driver_sql("BEGIN")
+    # BEGIN IMMEDIATE takes the write lock at once. Database.open() asks for it:
+    # a deferred transaction that has read the schema cannot write once another
+    # process changed it ("database is locked"), which processes starting
+    # together against an older build's file would otherwise hit.
+    immediate = connection.get_execution_options().get(_BEGIN_IMMEDIATE, False)
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
 class Database:
@@ -69,17 +75,21 @@ class Database:
         database = self.url.database
         if self.is_sqlite and database and database != ":memory:":
             await asyncio.to_thread(Path(database).parent.mkdir, parents=True, exist_ok=True)
-        async with self.engine.begin() as conn:
-            if not self.is_sqlite:
-                # Several API processes may start at once; one creates, the others wait.
-                lock = text("SELECT pg_advisory_xact_lock(:id)")
-                await conn.execute(lock, {"id": _SCHEMA_LOCK_ID})
-            for table in kernel_metadata.sorted_tables:
-                await conn.execute(CreateTable(table, if_not_exists=True))
-            await _add_missing_columns(conn)
-            for table in kernel_metadata.sorted_tables:
-                for index in table.indexes:
-                    await conn.execute(CreateIndex(index, if_not_exists=True))
+        # Several processes may start at once; one changes the schema, the others
+        # wait for it: PostgreSQL's advisory lock, SQLite's write lock.
+        async with self.engine.connect() as conn:
+            if self.is_sqlite:
+                await conn.execution_options(**{_BEGIN_IMMEDIATE: True})
+            async with conn.begin():
+                if not self.is_sqlite:
+                    lock = text("SELECT pg_advisory_xact_lock(:id)")
+                    await conn.execute(lock, {"id": _SCHEMA_LOCK_ID})
+                for table in kernel_metadata.sorted_tables:
+                    await conn.execute(CreateTable(table, if_not_exists=True))
+                await _add_missing_columns(conn)
+                for table in kernel_metadata.sorted_tables:
+                    for index in table.indexes:
+                        await conn.execute(CreateIndex(index, if_not_exists=True))
 
     async def ping(self) -> None:
         """Run ``SELECT 1``; raises if the database does not answer."""
