@@ -61,6 +61,12 @@ CASES: list[tuple[str, dict[str, Any], str, str]] = [
         "GET /items/{id}",
     ),
     (
+        "a-route-with-an-empty-template",  # kept as it was: the rate-limit key must not move
+        {"route": _route(""), "path": "/api", "path_params": {}},
+        "",
+        "GET ",
+    ),
+    (
         "no-route-matched",
         {"route": None, "path": "/nowhere/12"},
         "__unmatched__",

@@ -30,7 +30,7 @@ def route_identity(scope: dict[str, Any] | Any) -> str:
     """``<METHOD> <route template>``, the prefix included (``GET /api/v1/items/{id}``);
     the raw path when no route with a template matched."""
     template = full_template(scope.get("route"), scope)
-    return f"{scope.get('method', '')} {template or scope.get('path', '')}"
+    return f"{scope.get('method', '')} {scope.get('path', '') if template is None else template}"
 
 
 async def caller_key(request: Request) -> str:

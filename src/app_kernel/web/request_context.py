@@ -40,7 +40,9 @@ def route_template(scope: Scope) -> str:
     cached = state.get(_ROUTE_KEY) if state is not None else None
     if cached is not None and cached[0] is route:
         return str(cached[1])
-    template = full_template(route, scope) or "__unmatched__"
+    template = full_template(route, scope)
+    if template is None:
+        template = "__unmatched__"
     if state is not None:
         state[_ROUTE_KEY] = (route, template)
     return template
