@@ -68,6 +68,12 @@ class TestNames:
         metrics.increment("orders")
         assert samples(metrics)[("shop_orders_total", ())] == 1
 
+    @pytest.mark.parametrize("cap", [0, -1, 2.5, True, "10"])
+    def test_series_cap_must_be_a_positive_whole_number(self, cap: Any) -> None:
+        # A cap of 0 would silently drop every series of every metric.
+        with pytest.raises(ValueError, match="max_series_per_metric"):
+            Metrics(max_series_per_metric=cap)
+
     def test_kernels_do_not_share_a_registry(self) -> None:
         first, second = Metrics(), Metrics()
         first.increment("only.here")

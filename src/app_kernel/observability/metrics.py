@@ -195,6 +195,12 @@ class Metrics:
         prefix: str = "",
         max_series_per_metric: int = 2000,
     ) -> None:
+        if type(max_series_per_metric) is not int or max_series_per_metric < 1:
+            msg = (
+                "max_series_per_metric must be a whole number of at least 1, "
+                f"not {max_series_per_metric!r}"
+            )
+            raise ValueError(msg)
         self.backend = backend if backend is not None else PrometheusBackend()
         self.prefix = prefix
         self.max_series_per_metric = max_series_per_metric
