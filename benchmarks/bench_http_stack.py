@@ -13,7 +13,10 @@ when wrk is missing, an asyncio httpx load generator in a separate process.
 Prints req/s, p50 and p99 per app and the ratios kernel/bare,
 kernel/hand-assembled and p99 kernel/bare against the issue's targets
 (throughput >= 0.5x bare, p99 < 3x bare), plus the load average before and
-after (the numbers mean little on a loaded machine).
+after (the numbers mean little on a loaded machine). On Linux it also prints
+the server's CPU time per request (from ``/proc``, over the measured seconds):
+the server process is the bottleneck, and this figure varies less between runs
+than req/s does on a shared machine.
 
 Run: ``python benchmarks/bench_http_stack.py`` (about 50 s; needs Redis at
 ``REDIS_URL`` or redis://127.0.0.1:6379, databases 0 and 1; the Redis keys it
@@ -92,6 +95,7 @@ class Result:
     p99_ms: float
     requests: int
     errors: int  # non-2xx answers and socket errors
+    cpu_us: float | None = None  # the server's CPU time per request (Linux only)
 
 
 # --- load generators -------------------------------------------------------------------------
@@ -176,6 +180,16 @@ def run_httpx(
 # --- one app ---------------------------------------------------------------------------------
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User plus system CPU time of process ``pid`` so far; None without ``/proc``."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    # After the command name: state is field 3, utime and stime fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wait_until_up(base: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -241,7 +255,12 @@ def bench_app(app: str, env: dict[str, str], args: argparse.Namespace) -> Result
         load = run_wrk if args.loadgen == "wrk" else run_httpx
         url = base + _stack_apps.PATH
         load(url, headers, args.warmup, args)
-        return load(url, headers, args.duration, args)
+        cpu_before = cpu_seconds(proc.pid)
+        result = load(url, headers, args.duration, args)
+        cpu_after = cpu_seconds(proc.pid)
+        if cpu_before is not None and cpu_after is not None and result.requests:
+            result.cpu_us = (cpu_after - cpu_before) / result.requests * 1e6
+        return result
     finally:
         proc.terminate()
         try:
@@ -253,13 +272,19 @@ def bench_app(app: str, env: dict[str, str], args: argparse.Namespace) -> Result
 
 def _median(found: list[Result]) -> Result:
     """Each figure's median over the rounds (requests and errors summed)."""
+    cpu = [r.cpu_us for r in found if r.cpu_us is not None]
     return Result(
         statistics.median(r.rps for r in found),
         statistics.median(r.p50_ms for r in found),
         statistics.median(r.p99_ms for r in found),
         sum(r.requests for r in found),
         sum(r.errors for r in found),
+        statistics.median(cpu) if len(cpu) == len(found) else None,
     )
+
+
+def _cpu_text(cpu_us: float | None) -> str:
+    return "n/a" if cpu_us is None else f"{cpu_us:.0f}"
 
 
 def cleanup_redis(prefix: str, urls: list[str]) -> int:
@@ -348,7 +373,10 @@ def main() -> None:
             for app in apps:
                 r = bench_app(app, env, args)
                 runs[app].append(r)
-                line = f"  round {round_no} {app}: {r.rps:,.0f} req/s, p99 {r.p99_ms:.2f} ms"
+                line = (
+                    f"  round {round_no} {app}: {r.rps:,.0f} req/s, p99 {r.p99_ms:.2f} ms, "
+                    f"server CPU {_cpu_text(r.cpu_us)} us/request"
+                )
                 print(line, flush=True)
     finally:
         removed = cleanup_redis(prefix, [kernel_redis, slowapi_redis])
@@ -359,10 +387,11 @@ def main() -> None:
     print()
     if args.rounds > 1:
         print(f"medians of {args.rounds} interleaved rounds; requests and errors are totals")
-    print(f"{'app':<46} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'requests':>9} {'errors':>7}")
+    print(f"{'app':<46} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'requests':>9} {'errors':>7} "
+          f"{'CPU us/req':>10}")  # fmt: skip
     for app, r in results.items():
         print(f"{LABELS[app]:<46} {r.rps:>9,.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} "
-              f"{r.requests:>9,} {r.errors:>7}")  # fmt: skip
+              f"{r.requests:>9,} {r.errors:>7} {_cpu_text(r.cpu_us):>10}")  # fmt: skip
     print()
     bare, kernel, hand = (results.get(a) for a in APPS)
     if args.loadgen != "wrk":
@@ -378,6 +407,11 @@ def main() -> None:
     if args.rounds > 1 and bare and kernel:
         each = sorted(k.rps / b.rps for k, b in zip(runs["kernel"], runs["bare"], strict=True))
         print(f"kernel/bare by round:        {', '.join(f'{r:.2f}x' for r in each)}")
+    if bare and kernel and bare.cpu_us and kernel.cpu_us:
+        # Steadier than req/s on a shared machine: the server is the bottleneck,
+        # so 0.5x the throughput needs at most 2x bare's CPU per request.
+        ratio = kernel.cpu_us / bare.cpu_us
+        print(f"server CPU per request:      {ratio:.2f}x bare  (0.5x throughput needs <= 2x)")
     if kernel and hand:
         ratio = kernel.rps / hand.rps
         print(f"kernel/hand-assembled:       {ratio:.2f}x  (issue: > 3x follows from >= 0.5x bare)")
