@@ -15,8 +15,7 @@ kernel/hand-assembled and p99 kernel/bare against the issue's targets
 (throughput >= 0.5x bare, p99 < 3x bare), plus the load average before and
 after (the numbers mean little on a loaded machine). On Linux it also prints
 the server's CPU time per request (from ``/proc``, over the measured seconds):
-the server process is the bottleneck, and this figure varies less between runs
-than req/s does on a shared machine.
+the server's own cost, whatever share of the cores wrk and Redis take.
 
 Run: ``python benchmarks/bench_http_stack.py`` (about 50 s; needs Redis at
 ``REDIS_URL`` or redis://127.0.0.1:6379, databases 0 and 1; the Redis keys it
@@ -408,8 +407,8 @@ def main() -> None:
         each = sorted(k.rps / b.rps for k, b in zip(runs["kernel"], runs["bare"], strict=True))
         print(f"kernel/bare by round:        {', '.join(f'{r:.2f}x' for r in each)}")
     if bare and kernel and bare.cpu_us and kernel.cpu_us:
-        # Steadier than req/s on a shared machine: the server is the bottleneck,
-        # so 0.5x the throughput needs at most 2x bare's CPU per request.
+        # While the one-process server is the bottleneck, 0.5x the throughput
+        # needs at most 2x bare's CPU per request.
         ratio = kernel.cpu_us / bare.cpu_us
         print(f"server CPU per request:      {ratio:.2f}x bare  (0.5x throughput needs <= 2x)")
     if kernel and hand:
