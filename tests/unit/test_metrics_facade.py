@@ -68,12 +68,6 @@ class TestNames:
         metrics.increment("orders")
         assert samples(metrics)[("shop_orders_total", ())] == 1
 
-    @pytest.mark.parametrize("cap", [0, -1, 2.5, True, "10"])
-    def test_series_cap_must_be_a_positive_whole_number(self, cap: Any) -> None:
-        # A cap of 0 would silently drop every series of every metric.
-        with pytest.raises(ValueError, match="max_series_per_metric"):
-            Metrics(max_series_per_metric=cap)
-
     def test_kernels_do_not_share_a_registry(self) -> None:
         first, second = Metrics(), Metrics()
         first.increment("only.here")
@@ -159,6 +153,12 @@ class TestMisuse:
 
 class TestSeriesCap:
     """A metric holds at most max_series_per_metric label sets; the rest is counted."""
+
+    @pytest.mark.parametrize("cap", [0, -1, 2.5, True, "10"])
+    def test_cap_must_be_a_positive_whole_number(self, cap: Any) -> None:
+        # A cap of 0 would silently drop every series of every metric.
+        with pytest.raises(ValueError, match="max_series_per_metric"):
+            Metrics(max_series_per_metric=cap)
 
     def test_drops_and_counts(self) -> None:
         metrics = Metrics(max_series_per_metric=3)
