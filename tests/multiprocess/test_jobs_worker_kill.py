@@ -176,9 +176,12 @@ async def test_sigkilled_worker_loses_no_job(
     try:
 
         async def all_running() -> bool:
-            return (await kernel.jobs.get_queue_status())["running"] == 4
+            # Claimed is not yet started: wait for every handler's first line too,
+            # or the kill can land between the claim and the handler.
+            status = await kernel.jobs.get_queue_status()
+            return status["running"] == 4 and len(_runs(tmp_path)) == 4
 
-        await _wait(all_running, 20, "4 running jobs")
+        await _wait(all_running, 20, "4 running jobs, each in its handler")
         doomed.proc.send_signal(signal.SIGKILL)
         await doomed.proc.wait()
         rescuer = await Worker.spawn(tmp_path, coordination_url, prefix, hold=0)
@@ -256,9 +259,10 @@ async def test_cli_worker_exits_zero_on_sigterm_and_hands_the_job_back(
 
         async def running() -> bool:
             info = await kernel.jobs.get_job(job_id)
-            return info is not None and info.status == "running"
+            started = len(_runs(tmp_path)) == 1  # in its handler, not only claimed
+            return info is not None and info.status == "running" and started
 
-        await _wait(running, 30, "the job to run")
+        await _wait(running, 30, "the job to run in its handler")
         listed = (await kernel.jobs.get_queue_status())["workers"]
         assert [w["concurrency"] for w in listed] == [2]
         assert [w["pid"] for w in listed] == [proc.pid]
