@@ -7,6 +7,7 @@ allowed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -73,36 +74,43 @@ def _hammer(kind: str, target: str, prefix: str, threshold: int) -> tuple[int, i
     python_path = [str(SRC), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(python_path)}
     args = [kind, target, prefix, identifier, str(LIMIT), str(TASKS), str(threshold)]
-    children = [
-        subprocess.Popen(
-            [sys.executable, "-c", CHILD, *args],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=env,
-        )
-        for _ in range(PROCESSES)
-    ]
-    try:
-        for child in children:
-            assert child.stdout is not None
-            assert child.stdout.readline().strip() == b"ready"
-        for child in children:
-            assert child.stdin is not None
-            child.stdin.write(b"go\n")
-            child.stdin.flush()
-        allowed = failures = 0
-        for child in children:
-            out, _ = child.communicate(timeout=50)
-            assert child.returncode == 0
-            words = out.decode().split()
-            allowed += int(words[1])
-            failures += int(words[3])
-        return allowed, failures
-    finally:
-        for child in children:
-            if child.poll() is None:
-                child.kill()
-                child.wait()
+    with contextlib.ExitStack() as stack:  # closes every pipe, whatever fails
+        children = [
+            stack.enter_context(
+                subprocess.Popen(
+                    [sys.executable, "-c", CHILD, *args],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    env=env,
+                )
+            )
+            for _ in range(PROCESSES)
+        ]
+        try:
+            return _collect(children)
+        finally:
+            for child in children:
+                if child.poll() is None:
+                    child.kill()
+                    child.wait()
+
+
+def _collect(children: list[subprocess.Popen[bytes]]) -> tuple[int, int]:
+    for child in children:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == b"ready"
+    for child in children:
+        assert child.stdin is not None
+        child.stdin.write(b"go\n")
+        child.stdin.flush()
+    allowed = failures = 0
+    for child in children:
+        out, _ = child.communicate(timeout=50)
+        assert child.returncode == 0
+        words = out.decode().split()
+        allowed += int(words[1])
+        failures += int(words[3])
+    return allowed, failures
 
 
 @pytest.mark.parametrize("threshold", [128, 8], ids=["exact", "counter"])
