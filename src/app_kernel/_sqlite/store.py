@@ -4,7 +4,8 @@ Every call runs on a dedicated thread that owns the connection, so the event
 loop never blocks on SQLite and the connection is never shared across threads.
 The file is in WAL mode; writers from other processes wait up to the busy
 timeout. Areas register their tables with :meth:`SqliteStore.add_schema`
-before :meth:`open`.
+before :meth:`open`. Opening waits out other processes opening the same new
+file (see :mod:`app_kernel._sqlite.wal`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+from app_kernel._sqlite.wal import retry_while_busy, switch_to_wal
 from app_kernel.errors import BackendUnavailable
 
 __all__ = ("SqliteStore",)
@@ -45,11 +47,18 @@ class SqliteStore:
             isolation_level=None,  # explicit BEGIN/COMMIT only
             check_same_thread=True,
         )
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        for ddl in self._schemas:
-            conn.executescript(ddl)
+        try:
+            retry_while_busy(lambda: self._prepare(conn), timeout_seconds=self.busy_timeout_seconds)
+        except BaseException:
+            conn.close()
+            raise
         self._conn = conn
+
+    def _prepare(self, conn: sqlite3.Connection) -> None:
+        switch_to_wal(conn)
+        conn.execute("PRAGMA synchronous=NORMAL")
+        for ddl in self._schemas:  # IF NOT EXISTS, so a retry may run them again
+            conn.executescript(ddl)
 
     async def open(self) -> None:
         """Start the thread, open the file in WAL mode and create the tables."""

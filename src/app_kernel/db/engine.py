@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.schema import CreateColumn, CreateIndex, CreateTable
 
+from app_kernel._sqlite.wal import ensure_wal_file
 from app_kernel.db.tables import kernel_metadata
 from app_kernel.errors import KernelError, MissingDependencyError
 
@@ -26,6 +27,7 @@ __all__ = ("Database",)
 # Any constant works; it only has to be the same in every process of the service.
 _SCHEMA_LOCK_ID = 0x61706B72
 _BEGIN_IMMEDIATE = "app_kernel_begin_immediate"
+_BUSY_TIMEOUT_SECONDS = 10
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -37,7 +39,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_SECONDS * 1000}")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 
@@ -71,10 +73,10 @@ class Database:
         )
 
     async def open(self) -> None:
-        """Create the SQLite folder and any kernel table that does not exist yet."""
+        """Create the SQLite folder (file in WAL mode) and any missing kernel table."""
         database = self.url.database
         if self.is_sqlite and database and database != ":memory:":
-            await asyncio.to_thread(Path(database).parent.mkdir, parents=True, exist_ok=True)
+            await asyncio.to_thread(_prepare_sqlite_file, Path(database))
         # Several processes may start at once; one changes the schema, the others
         # wait for it: PostgreSQL's advisory lock, SQLite's write lock.
         async with self.engine.connect() as conn:
@@ -99,6 +101,13 @@ class Database:
     async def close(self) -> None:
         """Close every pooled connection."""
         await self.engine.dispose()
+
+
+def _prepare_sqlite_file(path: Path) -> None:
+    # In WAL mode before the engine connects: every pooled connection then finds
+    # the file in WAL already, and its own PRAGMA needs no lock (see _sqlite.wal).
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_wal_file(path, timeout_seconds=_BUSY_TIMEOUT_SECONDS)
 
 
 async def _add_missing_columns(conn: AsyncConnection) -> None:
