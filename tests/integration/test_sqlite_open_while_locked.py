@@ -62,6 +62,10 @@ def _journal_mode(path: Path) -> str:
         conn.close()
 
 
+def _names(folder: Path) -> list[str]:
+    return sorted(entry.name for entry in folder.iterdir())
+
+
 async def test_open_waits_for_a_write_lock_held_elsewhere(tmp_path: Path) -> None:
     path = tmp_path / "kernel.db"
     store = SqliteStore(path, busy_timeout_seconds=10)
@@ -111,3 +115,19 @@ async def test_database_open_waits_for_a_write_lock_held_elsewhere(tmp_path: Pat
     finally:
         await database.close()
     assert _journal_mode(path) == "wal"
+
+
+async def test_database_leaves_a_uri_filename_to_the_driver(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``?uri=true`` the name is SQLite's to read, not a path to create folders for."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    database = Database("sqlite+aiosqlite:///file:data/kernel.db?uri=true")
+    await database.open()
+    try:
+        await database.ping()
+    finally:
+        await database.close()
+    assert _names(tmp_path) == ["data"]  # no "file:data" folder
+    assert _journal_mode(tmp_path / "data" / "kernel.db") == "wal"
