@@ -74,10 +74,9 @@ class Database:
 
     async def open(self) -> None:
         """Create the SQLite folder (file in WAL mode) and any missing kernel table."""
-        database = self.url.database
-        # A URI filename (?uri=true) is the driver's to interpret, memory included.
-        uri = self.url.query.get("uri") == "true"
-        if self.is_sqlite and database and database != ":memory:" and not uri:
+        database = self.url.database or ":memory:"
+        # A URI filename ("file:...?...&uri=true") is SQLite's to interpret, memory included.
+        if self.is_sqlite and database != ":memory:" and not database.startswith("file:"):
             await asyncio.to_thread(_prepare_sqlite_file, Path(database))
         # Several processes may start at once; one changes the schema, the others
         # wait for it: PostgreSQL's advisory lock, SQLite's write lock.
