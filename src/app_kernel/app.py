@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -29,6 +30,7 @@ from app_kernel.service_config import ServiceConfig, to_kernel_settings
 from app_kernel.settings import KernelSettings
 from app_kernel.types import HealthCheck
 from app_kernel.web.docs import install_offline_docs
+from app_kernel.web.route_warmup import prepare_routes
 from app_kernel.web.stack import install_http_layer
 
 __all__ = ("create_service", "init_app_kernel")
@@ -113,6 +115,8 @@ def init_app_kernel(
         await kernel.open()
         try:
             async with app_lifespan(application) as state:
+                # After the app's own start-up, which may still add routes.
+                await asyncio.to_thread(prepare_routes, tuple(app.router.routes))
                 yield state
         finally:
             await kernel.close()

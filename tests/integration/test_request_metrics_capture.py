@@ -145,7 +145,6 @@ async def test_a_request_is_captured_with_every_field(app: FastAPI) -> None:
     )
 
 
-@pytest.mark.allow_slow_callbacks  # the kernel's first 404 warms up (also without metrics)
 async def test_errors_carry_the_problem_detail_or_the_status_phrase(app: FastAPI) -> None:
     async with running(app) as kernel, peer(app, "203.0.113.7") as http:
         assert (await http.get(f"{API_PREFIX}/fail")).status_code == 409
