@@ -154,6 +154,14 @@ def _scrape(http: httpx.Client) -> tuple[float, float]:
     return counted, in_flight
 
 
+def _settle(http: httpx.Client, expected: tuple[float, float], deadline: float) -> None:
+    """Wait for the last response's own count: a worker counts a request after sending it."""
+    while _scrape(http) != expected:
+        if time.monotonic() > deadline:
+            pytest.fail(f"the scrapes never reached {expected}: {_scrape(http)}")
+        time.sleep(0.02)
+
+
 def test_counters_add_up_exactly_across_workers(server: tuple[str, Path]) -> None:
     base_url, metrics_dir = server
     deadline = time.monotonic() + 15
@@ -163,7 +171,8 @@ def test_counters_add_up_exactly_across_workers(server: tuple[str, Path]) -> Non
         sent = _pid_requests(http, 200, pids, deadline)
         assert len(pids) == WORKERS
         assert not (metrics_dir / f"counter_{STALE_PID}.db").exists()
-        for _ in range(2 * WORKERS):
+        _settle(http, (sent, 0), deadline)
+        for _ in range(2 * WORKERS):  # every worker's scrape, not only the first's
             assert _scrape(http) == (sent, 0)
 
         # A killed worker's counts are kept: totals never go backwards.
@@ -171,8 +180,9 @@ def test_counters_add_up_exactly_across_workers(server: tuple[str, Path]) -> Non
         os.kill(victim, signal.SIGKILL)
         time.sleep(0.3)
         more = _pid_requests(http, 30, set(), deadline + 5)
+        _settle(http, (sent + more, 0), deadline + 10)
         for _ in range(2 * WORKERS):
-            assert _scrape(http)[0] == sent + more
+            assert _scrape(http) == (sent + more, 0)
 
 
 def test_serve_with_workers_makes_a_metrics_dir(monkeypatch: pytest.MonkeyPatch) -> None:
