@@ -3,11 +3,11 @@
 Recent FastAPI releases prepare the routes of an included router (dependency
 graphs, parameter validators) the first time a request is matched against
 them, on the event loop. The first request after start, often a 404 that
-walks every route, then stalls the loop for several milliseconds per route:
-55-95 ms for a dozen routes on a 2-core machine. Matching a request that no
+walks every route, then stalls the loop for a few milliseconds per route:
+about 50 ms for a dozen routes on a 2-core machine. Matching a request that no
 route answers against every route once, before serving, moves that cost into
-start-up. ``BaseRoute.matches`` is Starlette's public API, so this does nothing
-(and costs nothing) on a FastAPI that prepares routes eagerly.
+start-up. ``BaseRoute.matches`` is Starlette's public API, so on a FastAPI that
+prepares routes eagerly this changes nothing and costs next to nothing.
 """
 
 from __future__ import annotations
