@@ -11,11 +11,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 from collections.abc import Iterator
 
-SLOW_CALLBACK_SECONDS = 0.1
-"""A single callback running longer than this counts as blocking the loop."""
+SLOW_CALLBACK_SECONDS = 0.2 if os.environ.get("PYTEST_XDIST_WORKER") else 0.1
+"""A single callback running longer than this counts as blocking the loop.
+
+The limit is wall time. Under ``make test`` two pytest-xdist workers share two
+cores with Redis, PostgreSQL and the tests' subprocesses, so a step's time also
+holds the turns the OS gave them: a claim of 100 jobs measured 0.110 s there.
+The limit doubles under xdist; a one-process run keeps 0.1 s.
+"""
 
 _SLOW_CALLBACK = re.compile(r"^Executing .+ took \d+(\.\d+)? seconds$", re.DOTALL)
 
