@@ -14,8 +14,9 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import APIRouter, Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI, Request
 from prometheus_client.parser import text_string_to_metric_families
+from starlette.responses import PlainTextResponse
 
 from _app_factory import access_lines, build_app, serve, settings_for
 from _auth_helpers import (
@@ -214,6 +215,62 @@ class TestHttpMetrics:
         requests = series(got, "http_requests_total")
         unmatched = (("method", "GET"), ("route", "__unmatched__"), ("status_class", "4xx"))
         assert requests[unmatched] == 400
+
+    async def test_included_routers_are_labelled_with_their_whole_template(
+        self, tmp_path: Path
+    ) -> None:
+        """FastAPI 0.137+ keeps included routes without their include prefix: a
+        parameter in that prefix must not reach the label, and routes declared
+        as ``""`` must not all be labelled ``""``."""
+        app = FastAPI()
+        org_items = APIRouter(prefix="/items")
+
+        @org_items.get("/{item_id}")
+        async def org_item(org_id: str, item_id: int) -> dict[str, str]:
+            return {}
+
+        bare_lists = [APIRouter(), APIRouter()]
+        for router in bare_lists:
+
+            @router.get("")
+            async def listing() -> list[str]:
+                return []
+
+        async def plain(request: Request) -> PlainTextResponse:
+            return PlainTextResponse("plain")
+
+        bare_lists[0].add_route("/plain/{n}", plain)
+        inner = APIRouter(prefix="/inner/{k}")
+
+        @inner.get("/leaf")
+        async def leaf(o: str, k: str) -> dict[str, str]:
+            return {}
+
+        outer = APIRouter()
+        outer.include_router(inner, prefix="/outer/{o}")
+        app.include_router(org_items, prefix="/api/orgs/{org_id}")
+        app.include_router(bare_lists[0], prefix="/api/widgets")
+        app.include_router(bare_lists[1], prefix="/api/gadgets")
+        app.include_router(outer, prefix="/api")
+        await asyncio.to_thread(init_app_kernel, app, settings_for(tmp_path, features=PUBLIC))
+        async with serve(app) as http:
+            for i in range(300):
+                await get(http, f"/api/orgs/org-{i}/items/{i}")
+            for path in ("/api/widgets", "/api/gadgets", "/api/widgets/plain/1"):
+                await get(http, path)
+            await get(http, "/api/outer/a/inner/b/leaf")
+            got = await scrape(http)
+        requests = {
+            dict(labels)["route"]: value
+            for labels, value in series(got, "http_requests_total").items()
+        }
+        assert requests == {
+            "/api/orgs/{org_id}/items/{item_id}": 300,
+            "/api/widgets": 1,
+            "/api/gadgets": 1,
+            "/api/widgets/plain/{n}": 1,
+            "/api/outer/{o}/inner/{k}/leaf": 1,
+        }
 
     async def test_series_cap_drops_and_counts(self, tmp_path: Path) -> None:
         observability = ObservabilitySettings(metrics_max_series_per_metric=2)

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 
 from _app_factory import log_lines
 from _auth_helpers import (
@@ -83,6 +83,22 @@ def _app(settings: KernelSettings) -> FastAPI:
     async def keyed() -> dict[str, str]:
         return {"ok": "keyed"}
 
+    # Included routers: FastAPI 0.137+ keeps these routes without the include prefix.
+    for prefix in (f"{P}/alpha", f"{P}/beta"):
+        listing = APIRouter()
+
+        @listing.get("", dependencies=[Depends(rate_limit(3, 60))])
+        async def listed() -> dict[str, str]:
+            return {"ok": "listed"}
+
+        app.include_router(listing, prefix=prefix)
+    org_items = APIRouter()
+
+    @org_items.get("/items", dependencies=[Depends(rate_limit(3, 60))])
+    async def org_item(org: str) -> dict[str, str]:
+        return {"ok": org}
+
+    app.include_router(org_items, prefix=f"{P}/orgs/{{org}}")
     return app
 
 
@@ -134,6 +150,17 @@ async def test_routes_never_share_a_counter(http: httpx.AsyncClient) -> None:
     assert (await http.get(f"{P}/other")).status_code == 200
     # One route template is one counter, whatever its path parameters.
     statuses = [(await http.get(f"{P}/things/{n}")).status_code for n in range(4)]
+    assert statuses == [200, 200, 200, 429]
+
+
+async def test_included_routes_are_keyed_by_their_whole_template(http: httpx.AsyncClient) -> None:
+    # Two routes declared as "" under different include prefixes: two counters.
+    for _ in range(3):
+        assert (await http.get(f"{P}/alpha")).status_code == 200
+    assert (await http.get(f"{P}/alpha")).status_code == 429
+    assert (await http.get(f"{P}/beta")).status_code == 200
+    # A parameter in the include prefix is part of the template, not of the key.
+    statuses = [(await http.get(f"{P}/orgs/org-{n}/items")).status_code for n in range(4)]
     assert statuses == [200, 200, 200, 429]
 
 

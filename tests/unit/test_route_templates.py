@@ -16,6 +16,14 @@ def _route(template: str | None) -> SimpleNamespace:
     return SimpleNamespace(path_format=template, path=template)
 
 
+def _included(route: SimpleNamespace, prefixed: str) -> SimpleNamespace:
+    """FastAPI 0.137+'s record of a route matched through ``include_router``."""
+    return SimpleNamespace(original_route=route, starlette_route=None, path_format=prefixed)
+
+
+_ORG_ITEM = _route("/items/{id}")
+_LISTING = _route("")
+
 CASES: list[tuple[str, dict[str, Any], str, str]] = [
     (
         "included-router-route-without-its-prefix",
@@ -61,10 +69,57 @@ CASES: list[tuple[str, dict[str, Any], str, str]] = [
         "GET /items/{id}",
     ),
     (
-        "a-route-with-an-empty-template",  # kept as it was: the rate-limit key must not move
+        # Without FastAPI's record of the include prefix there is nothing to add.
+        # An included "" route has that record (the next cases and the HTTP tests).
+        "a-route-with-an-empty-template-and-no-include-record",
         {"route": _route(""), "path": "/api", "path_params": {}},
         "",
         "GET ",
+    ),
+    (
+        "included-route-with-fastapis-record-of-the-prefix",
+        {
+            "route": _ORG_ITEM,
+            "fastapi": {"effective_route_context": _included(_ORG_ITEM, "/orgs/{org}/items/{id}")},
+            "path": "/orgs/acme/items/7",
+            "path_params": {"org": "acme", "id": 7},
+        },
+        "/orgs/{org}/items/{id}",
+        "GET /orgs/{org}/items/{id}",
+    ),
+    (
+        "included-route-declared-empty",
+        {
+            "route": _LISTING,
+            "fastapi": {"effective_route_context": _included(_LISTING, "/api/widgets")},
+            "path": "/api/widgets",
+            "path_params": {},
+        },
+        "/api/widgets",
+        "GET /api/widgets",
+    ),
+    (
+        "plain-starlette-route-of-an-included-router",  # Starlette leaves scope["route"] unset
+        {
+            "route": None,
+            "fastapi": {"effective_route_context": _included(_route("/p"), "/api/p")},
+            "path": "/api/p",
+            "path_params": {},
+        },
+        "/api/p",
+        "GET /api/p",
+    ),
+    (
+        "route-of-an-app-mounted-below-an-included-router",  # the record is the mount's
+        {
+            "route": _route("/s/{x}"),
+            "fastapi": {"effective_route_context": _included(_route("/m"), "/api/m/{path}")},
+            "path": "/api/m/s/1",
+            "root_path": "/api/m",
+            "path_params": {"path": "s/1", "x": "1"},
+        },
+        "/s/{x}",
+        "GET /s/{x}",
     ),
     (
         "no-route-matched",

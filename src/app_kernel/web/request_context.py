@@ -34,8 +34,8 @@ def route_template(scope: Scope) -> str:
     once per request (see :func:`~app_kernel.observability.route_template.full_template`).
     """
     route = scope.get("route")
-    if route is None:
-        return "__unmatched__"
+    if route is None:  # unmatched, or a plain Starlette route of an included router
+        return full_template(None, scope) or "__unmatched__"
     state = scope.get("state")
     cached = state.get(_ROUTE_KEY) if state is not None else None
     if cached is not None and cached[0] is route:
