@@ -24,6 +24,7 @@ from app_kernel.observability.request_metrics import (
     RECORD_FIELDS,
     as_records,
     capture_query_params,
+    redact_url_query,
 )
 from app_kernel.settings import (
     AuthSettings,
@@ -223,6 +224,41 @@ def test_query_params_redaction() -> None:
         "passenger": "n",
     }
     assert capture_query_params(b"") is None
+    # The whole key is judged, not the part that is kept.
+    long_key = "k" * 200 + "_token"
+    assert capture_query_params(f"{long_key}=abc".encode()) == {"k" * 128: "[redacted]"}
+    # Percent-encoded keys are judged decoded.
+    assert capture_query_params(b"pass%77ord=p&q=1") == {"password": "[redacted]", "q": "1"}
+
+
+@pytest.mark.parametrize(
+    ("referer", "stored"),
+    [
+        (
+            "https://app.example/reset?token=abc&step=2#top",
+            "https://app.example/reset?token=[redacted]&step=2#top",
+        ),
+        (
+            "https://app.example/cb?code=xyz&state=s%20t&access%5Ftoken=t",
+            "https://app.example/cb?code=[redacted]&state=s%20t&access%5Ftoken=[redacted]",
+        ),
+        ("https://app.example/page?q=shoes&flag", "https://app.example/page?q=shoes&flag"),
+        ("https://app.example/page?password=", "https://app.example/page?password="),
+        ("https://app.example/no-query", "https://app.example/no-query"),
+        ("not a url ? secret=1", "not a url ? secret=[redacted]"),
+    ],
+)
+def test_referer_query_redaction(referer: str, stored: str) -> None:
+    assert redact_url_query(referer) == stored
+
+
+async def test_the_referer_is_stored_redacted(app: FastAPI) -> None:
+    async with running(app) as kernel, peer(app, "203.0.113.7") as http:
+        referer = "https://app.example/reset-password?reset_token=s3cret&lang=en"
+        response = await http.get(f"{API_PREFIX}/fail", headers={"Referer": referer})
+        assert response.status_code == 409
+        (record,) = records(kernel)
+    assert record["referer"] == "https://app.example/reset-password?reset_token=[redacted]&lang=en"
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote_plus
 
 from app_kernel.observability.logging import get_logger
 from app_kernel.observability.redaction import REDACTED, is_secret_key
@@ -50,6 +50,7 @@ __all__ = (
     "RequestMetricsRecorder",
     "as_records",
     "capture_query_params",
+    "redact_url_query",
 )
 
 DROPPED = "request_metrics.dropped"
@@ -88,7 +89,8 @@ def capture_query_params(query_string: bytes) -> dict[str, Any] | None:
     pairs = parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
     for raw_key, raw_value in pairs:
         key = raw_key[:_MAX_PARAM_KEY]
-        value = REDACTED if _secret_param(key) else raw_value[:_MAX_PARAM_VALUE]
+        # The whole key is judged: a cut could drop the word that makes it secret.
+        value = REDACTED if _secret_param(raw_key) else raw_value[:_MAX_PARAM_VALUE]
         if key in params:
             existing = params[key]
             if isinstance(existing, list):
@@ -99,6 +101,26 @@ def capture_query_params(query_string: bytes) -> dict[str, Any] | None:
         elif len(params) < _MAX_PARAMS:
             params[key] = value
     return params or None
+
+
+def redact_url_query(url: str) -> str:
+    """``url`` with the values of credential-named query keys replaced by ``[redacted]``.
+
+    For the ``Referer``: a browser calling its own origin's API sends the
+    page's full address, and a page such as a password-reset link carries its
+    token in the query. Keys are judged as :func:`capture_query_params` judges
+    them (percent-decoded); every other byte is kept as sent.
+    """
+    base, mark, rest = url.partition("?")
+    if not mark:
+        return url
+    query, hash_mark, fragment = rest.partition("#")
+    pairs = query.split("&")
+    for index, pair in enumerate(pairs):
+        name, equals, value = pair.partition("=")
+        if equals and value and _secret_param(unquote_plus(name)):
+            pairs[index] = f"{name}={REDACTED}"
+    return f"{base}?{'&'.join(pairs)}{hash_mark}{fragment}"
 
 
 _CAPTURED_HEADERS = frozenset({b"cf-ipcountry", b"user-agent", b"referer"})
@@ -126,6 +148,10 @@ def _hour_of(stamp: float) -> tuple[int, int, int, int]:
         parts = (moment.year, moment.month, moment.day, moment.hour)
         _last_hour = (hours, parts)
     return parts
+
+
+def _redacted(url: str | None) -> str | None:
+    return None if url is None else redact_url_query(url)
 
 
 def _cut(text: str | None, length: int) -> str | None:
@@ -476,7 +502,7 @@ class RequestMetricsObserver:
             round(latency_ms * 1000) / 1000,  # to the microsecond
             _cut(state.get("client_ip"), 64),
             _cut(headers.get(b"user-agent"), _MAX_TEXT),
-            _cut(headers.get(b"referer"), _MAX_TEXT),
+            _cut(_redacted(headers.get(b"referer")), _MAX_TEXT),
             _cut(None if user_id is None else str(user_id), _MAX_ID),
             _cut(None if workspace is None else str(workspace), _MAX_ID),
             country,
