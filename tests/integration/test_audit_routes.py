@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Annotated, Any
 
@@ -35,8 +34,8 @@ async def fake_admin(
 
 
 @pytest.fixture
-async def audit(tmp_path: Path) -> AsyncIterator[AuditLogger]:
-    database = Database(f"sqlite+aiosqlite:///{tmp_path / 'audit.db'}")
+async def audit(sql_database_url: str) -> AsyncIterator[AuditLogger]:
+    database = Database(sql_database_url)
     await database.open()
     try:
         yield AuditLogger(SqlAuditStore(database))
@@ -169,7 +168,12 @@ async def test_time_bounds_accept_iso_datetimes_with_offsets(
         {"limit": "1001"},
         {"limit": "many"},
         {"offset": "-1"},
+        {"offset": str(2**63)},  # past what the database takes
         {"after": "yesterday"},
+        {"after": "0001-01-01T00:00:00+05:00"},  # before year 1 in UTC
+        {"before": "9999-12-31T23:00:00-05:00"},  # after year 9999 in UTC
+        {"action": "a\x00b"},  # PostgreSQL text cannot hold NUL
+        {"actor_id": "x" * 1025},
     ],
 )
 async def test_bad_query_parameters_are_422(

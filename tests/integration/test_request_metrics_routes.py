@@ -99,6 +99,27 @@ async def test_list_filters_and_pages(http: httpx.AsyncClient) -> None:
     assert (await http.get(BASE, headers=ADMIN, params={"status_min": 700})).status_code == 422
 
 
+@pytest.mark.parametrize("suffix", ["", "/slow", "/errors"])
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("offset", str(2**63)),  # past what the database takes
+        ("path_prefix", "/api\x00"),  # PostgreSQL text cannot hold NUL
+        ("route", "r" * 1025),
+        ("trace_id", "not-a-trace-id"),
+        ("since", "0001-01-01T00:00:00+05:00"),  # before year 1 in UTC
+        ("until", "9999-12-31T23:00:00-05:00"),  # after year 9999 in UTC
+    ],
+)
+async def test_values_the_database_cannot_take_are_422(
+    http: httpx.AsyncClient, suffix: str, name: str, value: str
+) -> None:
+    response = await http.get(f"{BASE}{suffix}", headers=ADMIN, params={name: value})
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert [error["loc"] for error in response.json()["errors"]] == [["query", name]]
+
+
 async def test_slow_and_errors(http: httpx.AsyncClient) -> None:
     slow = (await http.get(f"{BASE}/slow", headers=ADMIN)).json()
     assert [r["latency_ms"] for r in slow["items"]] == [1500, 9999]

@@ -7,13 +7,13 @@ dependency that decides (it raises 401 or 403 for everybody else).
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from app_kernel._runtime import kernel_of_app
 from app_kernel.observability.audit import MAX_QUERY_LIMIT
+from app_kernel.observability.query_params import PageOffset, TextFilter, TimeBound
 
 __all__ = ("audit_router",)
 
@@ -24,7 +24,9 @@ def audit_router(path: str, admin_dependency: Callable[..., Any]) -> APIRouter:
     Query parameters filter on ``actor_id``, ``action``, ``resource_type``,
     ``resource_id``, ``status`` and the exclusive time bounds ``after`` and
     ``before`` (ISO 8601; without an offset they mean UTC). ``limit`` is 1 to
-    1000 (default 100) and ``offset`` at least 0; anything else is a 422.
+    1000 (default 100) and ``offset`` 0 to 10**9; text filters hold at most 1024
+    characters and no NUL. Anything else is a 422 (see
+    :mod:`app_kernel.observability.query_params`).
     The answer is ``{"items": [...], "limit": n, "offset": n, "next_offset": n}``,
     ``next_offset`` being None on the last page.
 
@@ -39,15 +41,15 @@ def audit_router(path: str, admin_dependency: Callable[..., Any]) -> APIRouter:
     async def list_audit_events(
         request: Request,
         response: Response,
-        actor_id: str | None = None,
-        action: str | None = None,
-        resource_type: str | None = None,
-        resource_id: str | None = None,
-        status: str | None = None,
-        after: datetime | None = None,
-        before: datetime | None = None,
+        actor_id: TextFilter = None,
+        action: TextFilter = None,
+        resource_type: TextFilter = None,
+        resource_id: TextFilter = None,
+        status: TextFilter = None,
+        after: TimeBound = None,
+        before: TimeBound = None,
         limit: Annotated[int, Query(ge=1, le=MAX_QUERY_LIMIT)] = 100,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: PageOffset = 0,
     ) -> dict[str, Any]:
         """Audit events matching every given filter, newest first."""
         store = kernel_of_app(request.app).audit.store

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from app_kernel._runtime import kernel_of_app
+from app_kernel.observability.query_params import (
+    PageOffset,
+    TextFilter,
+    TimeBound,
+    TraceIdFilter,
+)
 from app_kernel.observability.request_metrics_store import MAX_QUERY_LIMIT, RequestMetricsStore
 
 __all__ = ("SLOW_REQUEST_MS", "request_metrics_router")
@@ -23,7 +28,7 @@ SLOW_REQUEST_MS = 1000.0
 """``/slow`` lists requests that took at least this long by default."""
 
 Limit = Annotated[int, Query(ge=1, le=MAX_QUERY_LIMIT)]
-Offset = Annotated[int, Query(ge=0)]
+Offset = PageOffset
 Status = Annotated[int | None, Query(ge=100, le=599)]
 Latency = Annotated[float | None, Query(ge=0)]
 
@@ -33,12 +38,12 @@ class _Filters:
     """The filters every list route takes, declared once (FastAPI reads them as query
     parameters of the same names)."""
 
-    path_prefix: str | None = None
-    method: str | None = None
-    route: str | None = None
-    trace_id: str | None = None
-    since: datetime | None = None
-    until: datetime | None = None
+    path_prefix: TextFilter = None
+    method: TextFilter = None
+    route: TextFilter = None
+    trace_id: TraceIdFilter = None
+    since: TimeBound = None
+    until: TimeBound = None
 
     def as_kwargs(self) -> dict[str, Any]:
         return {
@@ -60,7 +65,9 @@ def request_metrics_router(path: str, admin_dependency: Callable[..., Any]) -> A
     The lists take the filters ``path_prefix``, ``method``, ``route``,
     ``trace_id``, ``status_min``, ``status_max``, ``min_latency_ms``, ``user_id``,
     ``workspace_id``, ``since`` and ``until`` (ISO 8601, UTC without an offset),
-    and ``limit`` (1 to 1000, default 100) and ``offset``; they answer
+    and ``limit`` (1 to 1000, default 100) and ``offset`` (0 to 10**9). Text
+    filters hold at most 1024 characters and no NUL, and ``trace_id`` is 32
+    lowercase hex digits; anything else is a 422. They answer
     ``{"items": [...], "limit", "offset", "next_offset"}`` newest first,
     ``next_offset`` being None on the last page. ``/slow`` defaults
     ``min_latency_ms`` to 1000 and ``/errors`` ``status_min`` to 400. ``/stats``
@@ -105,8 +112,8 @@ def request_metrics_router(path: str, admin_dependency: Callable[..., Any]) -> A
         status_min: Status = None,
         status_max: Status = None,
         min_latency_ms: Latency = None,
-        user_id: str | None = None,
-        workspace_id: str | None = None,
+        user_id: TextFilter = None,
+        workspace_id: TextFilter = None,
         limit: Limit = 100,
         offset: Offset = 0,
     ) -> dict[str, Any]:

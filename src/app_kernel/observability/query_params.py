@@ -1,0 +1,39 @@
+"""Query parameters of the admin list routes (``/audit``, ``/metrics/requests``).
+
+Each is bounded so that a value the database cannot take is answered 422, not
+500: an offset past a 64-bit integer, text holding a NUL byte (PostgreSQL
+refuses it), and a time that leaves the calendar when moved to UTC
+(``0001-01-01T00:00:00+05:00``).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import Query
+from pydantic import AfterValidator
+
+__all__ = ("MAX_OFFSET", "PageOffset", "TextFilter", "TimeBound", "TraceIdFilter")
+
+MAX_OFFSET = 1_000_000_000
+"""The largest ``offset`` a list route takes (far past any page worth reading)."""
+
+_NO_NUL = r"^[^\x00]*$"
+
+
+def _in_utc_range(value: datetime | None) -> datetime | None:
+    """``value`` in UTC (naive means UTC); a ValueError when UTC has no such time."""
+    if value is None or value.tzinfo is None:
+        return value
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        msg = "the time is out of range once moved to UTC"
+        raise ValueError(msg) from None
+
+
+PageOffset = Annotated[int, Query(ge=0, le=MAX_OFFSET)]
+TextFilter = Annotated[str | None, Query(max_length=1024, pattern=_NO_NUL)]
+TraceIdFilter = Annotated[str | None, Query(pattern=r"^[0-9a-f]{32}$")]
+TimeBound = Annotated[datetime | None, Query(), AfterValidator(_in_utc_range)]
