@@ -23,6 +23,9 @@ __all__ = ("auth_router",)
 
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 _MAX_FORM_BYTES = 16_384
+# Stored text: no control characters (PostgreSQL refuses NUL; the rest ends up in logs).
+_PLAIN_TEXT = r"^[^\x00-\x1f\x7f]*$"
+_EMAIL = r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+$"
 
 
 class LoginRequest(BaseModel):
@@ -52,22 +55,23 @@ class RegisterRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     username: str = Field(min_length=1, max_length=150)
-    email: str = Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")
+    email: str = Field(min_length=3, max_length=320, pattern=_EMAIL)
     password: str = Field(min_length=1, max_length=4096)
 
 
 class ApiKeyCreate(BaseModel):
     """A new API key; ``user_id`` defaults to the caller, ``role`` to ``user``.
 
-    Text is trimmed and must not be blank; ``expires_at`` needs a UTC offset and
-    must lie in the future (the key store refuses the rest, which would be a 500).
+    Text is trimmed and must not be blank or hold control characters;
+    ``expires_at`` needs a UTC offset and must lie in the future (the key store
+    refuses the rest, which would be a 500).
     """
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    name: str = Field(min_length=1, max_length=100)
-    user_id: str | None = Field(default=None, min_length=1, max_length=64)
-    role: str = Field(default="user", min_length=1, max_length=64)
+    name: str = Field(min_length=1, max_length=100, pattern=_PLAIN_TEXT)
+    user_id: str | None = Field(default=None, min_length=1, max_length=64, pattern=_PLAIN_TEXT)
+    role: str = Field(default="user", min_length=1, max_length=64, pattern=_PLAIN_TEXT)
     expires_at: AwareDatetime | None = None
 
     @field_validator("expires_at")

@@ -1,0 +1,73 @@
+"""Text the auth routes store is refused with a 422 when it holds control characters,
+on both SQL databases: PostgreSQL cannot store NUL at all, and SQLite would keep it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from _auth_helpers import (
+    AUTH,
+    add_user,
+    assert_problem,
+    auth_app,
+    bearer,
+    client,
+    collector_paused,
+    kernel_settings,
+    login,
+    running,
+)
+from app_kernel.kernel import Kernel
+from app_kernel.settings import FeatureSettings
+
+__all__ = ("collector_paused",)
+
+
+@pytest.fixture
+async def served(
+    tmp_path: Path, sql_database_url: str
+) -> AsyncIterator[tuple[Kernel, httpx.AsyncClient, str]]:
+    """The kernel, a client and an admin's access token, on each SQL database."""
+    settings = kernel_settings(
+        tmp_path,
+        database_url=sql_database_url,
+        features=FeatureSettings(allow_self_signup=True),
+    )
+    app = auth_app(settings)
+    async with running(app) as kernel, client(app) as http:
+        await add_user(kernel, "root", role="admin")
+        yield kernel, http, (await login(http, "root"))["access_token"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"name": "deploy\x00key"},
+        {"name": "deploy\nkey"},
+        {"name": "k", "role": "user\x00"},
+        {"name": "k", "user_id": "u\x00"},
+    ],
+    ids=["nul-name", "newline-name", "nul-role", "nul-user-id"],
+)
+async def test_api_key_text_with_control_characters_is_422(
+    served: tuple[Kernel, httpx.AsyncClient, str], body: dict[str, Any]
+) -> None:
+    kernel, http, token = served
+    response = await http.post(f"{AUTH}/api-keys", json=body, headers=bearer(token))
+    assert_problem(response, 422)
+    assert await kernel.auth.api_keys.list() == []
+
+
+@pytest.mark.parametrize("email", ["a\x00@example.com", "a@exa\x00mple.com", "a@example.com\r"])
+async def test_signup_email_with_control_characters_is_422(
+    served: tuple[Kernel, httpx.AsyncClient, str], email: str
+) -> None:
+    kernel, http, _ = served
+    body = {"username": "newcomer", "email": email, "password": "long enough password 1"}
+    assert_problem(await http.post(f"{AUTH}/register", json=body), 422)
+    assert await kernel.auth.users.get_by_username("newcomer") is None
