@@ -203,6 +203,31 @@ async def test_prune_deletes_old_records(store: RequestMetricsStore) -> None:
     assert await store.prune(1) == 0
 
 
+async def test_text_no_database_can_hold_does_not_cost_the_batch(
+    store: RequestMetricsStore,
+) -> None:
+    """A request to ``/api/%00`` has NUL in its path, which PostgreSQL refuses, and
+    a lone surrogate has no UTF-8 form: such text is stored with U+FFFD, and the
+    rest of its batch with it."""
+    batch = [
+        record(
+            "/api/\x00x",
+            "/api/{name}",
+            5,
+            ago=timedelta(0),
+            user_agent="ua\x00",
+            workspace_id="w\ud800",
+        ),
+        record("/api/fine", "/api/fine", 6, ago=timedelta(0)),
+    ]
+    assert await store.insert_many(batch) == 2
+    stored = {r["latency_ms"]: r for r in await store.get_recent(limit=2)}
+    assert stored[5]["path"] == "/api/\ufffdx"
+    assert stored[5]["user_agent"] == "ua\ufffd"
+    assert stored[5]["workspace_id"] == "w\ufffd"
+    assert stored[6]["path"] == "/api/fine"
+
+
 # --- the batch writer through a real worker ---------------------------------------------
 
 

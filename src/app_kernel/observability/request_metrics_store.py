@@ -16,6 +16,7 @@ database of the kernel opened last in the process (:func:`bind_database`).
 from __future__ import annotations
 
 import math
+import re
 import time
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -127,12 +128,31 @@ def _row_of(record: dict[str, Any]) -> dict[str, Any]:
         stamp = datetime.fromtimestamp(stamp, UTC)
     elif isinstance(stamp, str):
         stamp = _as_utc(datetime.fromisoformat(stamp))
-    row = {name: record.get(name) for name in _RECORD_FIELDS}
+    row = {name: _storable(record.get(name)) for name in _RECORD_FIELDS}
     row["timestamp"] = stamp
     for part in ("year", "month", "day", "hour"):
         if row[part] is None:
             row[part] = getattr(stamp, part)
     return row
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _storable(value: Any) -> Any:
+    """``value``, with text made storable by both databases: NUL (a request path
+    may hold ``%00``; PostgreSQL refuses it) and lone surrogates (no UTF-8 form)
+    become U+FFFD. One such record would otherwise lose its whole batch."""
+    if not isinstance(value, str):
+        return value
+    if "\x00" in value:
+        value = value.replace("\x00", "\ufffd")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            value = _SURROGATE.sub("\ufffd", value)
+    return value
 
 
 def _to_dict(row: Any) -> dict[str, Any]:
