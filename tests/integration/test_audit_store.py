@@ -196,6 +196,16 @@ async def test_credentials_in_metadata_are_redacted_before_storage(
         assert stored["email"] == "a@example.com"
 
 
+async def test_ids_holding_nul_or_lone_surrogates_are_stored_on_both_databases(
+    audit: AuditLogger,
+) -> None:
+    """An app auditing a path parameter of ``/files/%00`` must not fail its own
+    transaction on PostgreSQL (which refuses NUL) while SQLite takes it."""
+    await audit.log("file.read", resource_id="report\x00.pdf", actor_id="u\ud800")
+    (event,) = await audit.query(action="file.read")
+    assert (event.resource_id, event.actor_id) == ("report\ufffd.pdf", "u\ufffd")
+
+
 async def test_request_id_and_ip_default_to_the_current_request(audit: AuditLogger) -> None:
     rid_token = request_id.set("req-abc")
     ip_token = request_client_ip.set("198.51.100.4")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -9,12 +10,33 @@ from sqlalchemy import DateTime
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ("UtcDateTime", "utcnow")
+__all__ = ("UtcDateTime", "storable_text", "utcnow")
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def utcnow() -> datetime:
     """The current time, timezone-aware in UTC."""
     return datetime.now(UTC)
+
+
+def storable_text(text: str) -> str:
+    """``text`` as both databases can store it: NUL (which PostgreSQL refuses) and
+    lone surrogates (which have no UTF-8 form) become U+FFFD.
+
+    For text that comes from outside and is kept as a record of it (request
+    paths, audit ids), where refusing the write would lose more than the
+    character: a whole batch of request records, or the change an audit event
+    commits with.
+    """
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = _SURROGATE.sub("\ufffd", text)
+    return text
 
 
 class UtcDateTime(TypeDecorator[datetime]):

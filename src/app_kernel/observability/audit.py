@@ -25,7 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app_kernel._runtime import current_kernel
 from app_kernel.db.tables import kernel_metadata
-from app_kernel.db.types import UtcDateTime
+from app_kernel.db.types import UtcDateTime, storable_text
 from app_kernel.errors import BackendUnavailable, KernelError
 from app_kernel.observability.context import current_client_ip, current_request_id
 from app_kernel.observability.redaction import REDACTED, is_secret_key, scrub_text
@@ -311,7 +311,7 @@ def _bounded(metadata: dict[str, Any]) -> dict[str, Any]:
 
 
 def _cut(value: str | None, length: int) -> str | None:
-    return None if value is None else str(value)[:length]
+    return None if value is None else storable_text(str(value)[:length])
 
 
 def _word(name: str, value: str, length: int) -> str:

@@ -16,7 +16,6 @@ database of the kernel opened last in the process (:func:`bind_database`).
 from __future__ import annotations
 
 import math
-import re
 import time
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -47,7 +46,7 @@ from sqlalchemy.exc import (
 
 from app_kernel._runtime import current_kernel
 from app_kernel.db.tables import kernel_metadata
-from app_kernel.db.types import UtcDateTime
+from app_kernel.db.types import UtcDateTime, storable_text
 from app_kernel.errors import BackendUnavailable, KernelError, PermanentError
 from app_kernel.observability.logging import get_logger
 from app_kernel.observability.request_metrics import as_records
@@ -136,23 +135,10 @@ def _row_of(record: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
 def _storable(value: Any) -> Any:
-    """``value``, with text made storable by both databases: NUL (a request path
-    may hold ``%00``; PostgreSQL refuses it) and lone surrogates (no UTF-8 form)
-    become U+FFFD. One such record would otherwise lose its whole batch."""
-    if not isinstance(value, str):
-        return value
-    if "\x00" in value:
-        value = value.replace("\x00", "\ufffd")
-    if not value.isascii():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            value = _SURROGATE.sub("\ufffd", value)
-    return value
+    """Text values made storable by both databases (see :func:`storable_text`): a
+    request to ``/api/%00`` would otherwise lose its whole batch on PostgreSQL."""
+    return storable_text(value) if isinstance(value, str) else value
 
 
 def _to_dict(row: Any) -> dict[str, Any]:
