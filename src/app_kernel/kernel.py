@@ -23,6 +23,7 @@ from app_kernel.auth.apikeys import ApiKeyStore
 from app_kernel.auth.deps import identify_request
 from app_kernel.auth.models import UserIdentity
 from app_kernel.auth.passwords import OWASP_MEMORY_KIB, OWASP_TIME_COST, PasswordHasher
+from app_kernel.auth.secret_strength import MIN_SECRET_BYTES, secret_weakness
 from app_kernel.auth.service import AuthService
 from app_kernel.auth.sql_store import SqlUserStore
 from app_kernel.auth.state.base import AuthStateBackend
@@ -63,7 +64,7 @@ if TYPE_CHECKING:
 
 __all__ = ("MIN_SECRET_BYTES", "Kernel", "check_startup_settings")
 
-MIN_SECRET_BYTES = 32
+_MAKE_ONE = "for example from: python -c 'import secrets; print(secrets.token_urlsafe(48))'"
 _log = get_logger("app_kernel.kernel")
 _gc_frozen = False
 
@@ -90,9 +91,11 @@ def check_startup_settings(settings: KernelSettings) -> None:
     """Checks made when the kernel starts rather than when settings are built.
 
     Raises:
-        SettingsError: outside debug mode, the token secret is missing or shorter
-            than 32 bytes (the spec's examples build settings with placeholder
-            secrets, so this waits for start-up).
+        SettingsError: outside debug mode, the token secret (or a retired HS256
+            secret in ``auth.previous_keys``) is missing, shorter than 32 bytes or
+            plainly not random (see :func:`~app_kernel.auth.secret_strength.secret_weakness`).
+            The spec's examples build settings with placeholder secrets, so this
+            waits for start-up.
     """
     if settings.debug or settings.features.auth_mode == "external":
         return
@@ -100,16 +103,20 @@ def check_startup_settings(settings: KernelSettings) -> None:
     if not secret:
         msg = (
             "auth.token_secret (env JWT_SECRET) is not set: outside debug mode the kernel "
-            f"needs a random secret of at least {MIN_SECRET_BYTES} bytes, for example "
-            "from: python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+            f"needs a random secret of at least {MIN_SECRET_BYTES} bytes, {_MAKE_ONE}"
         )
         raise SettingsError(msg)
-    if len(secret.encode("utf-8")) < MIN_SECRET_BYTES:
-        msg = (
-            f"auth.token_secret (env JWT_SECRET) is {len(secret.encode('utf-8'))} bytes: "
-            f"outside debug mode it must be at least {MIN_SECRET_BYTES} bytes"
-        )
-        raise SettingsError(msg)
+    named = [("auth.token_secret (env JWT_SECRET)", secret)]
+    if settings.auth.algorithm == "HS256":
+        named += [
+            (f"auth.previous_keys[{kid!r}]", old)
+            for kid, old in settings.auth.previous_keys.items()
+        ]
+    for name, value in named:
+        weakness = secret_weakness(value)
+        if weakness is not None:
+            msg = f"{name} {weakness}: outside debug mode use a random secret, {_MAKE_ONE}"
+            raise SettingsError(msg)
 
 
 class Kernel:

@@ -180,7 +180,8 @@ class AuthSettings(_Settings):
         json_schema_extra={"env": "JWT_SECRET", "secret": True},
     )
     """HMAC key for the kernel's tokens; env ``JWT_SECRET``. Checked at start-up,
-    not here: outside debug mode it must be present and at least 32 bytes."""
+    not here: outside debug mode it must be present, at least 32 bytes and not
+    plainly patterned (one character, or a phrase typed over and over)."""
     access_token_expires_minutes: int = Field(default=15, gt=0)
     """Lifetime of an access token."""
     refresh_token_expires_days: int = Field(default=30, gt=0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -536,20 +537,40 @@ class TestAuthorizationHeader:
 
 
 class TestStartup:
-    """T13: outside debug mode the kernel refuses to start without a 32-byte secret."""
+    """T13: outside debug mode the kernel refuses to start without a random-looking
+    secret of 32 bytes or more."""
 
-    @pytest.fixture(params=[None, "", "x" * 31, "é" * 15], ids=["none", "empty", "31", "30"])
+    @pytest.fixture(
+        params=[None, "", "x" * 31, "é" * 15, "s" * 64, "ab" * 20, "changeme" * 4],
+        ids=["none", "empty", "31", "30", "one-character", "two-characters", "repeated-word"],
+    )
     def weak_secret_app(self, request: pytest.FixtureRequest, tmp_path: Path) -> FastAPI:
         return auth_app(kernel_settings(tmp_path, debug=False, token_secret=request.param))
 
     @pytest.fixture
     def strong_secret_app(self, tmp_path: Path) -> FastAPI:
-        return auth_app(kernel_settings(tmp_path, debug=False, token_secret="s" * 32))
+        return auth_app(kernel_settings(tmp_path, debug=False, token_secret=secrets.token_hex(16)))
 
-    async def test_missing_or_short_secret_is_refused(self, weak_secret_app: FastAPI) -> None:
-        with pytest.raises(SettingsError, match="token_secret"):
+    async def test_missing_short_or_patterned_secret_is_refused(
+        self, weak_secret_app: FastAPI
+    ) -> None:
+        with pytest.raises(SettingsError, match=r"auth\.token_secret \(env JWT_SECRET\)"):
             async with running(weak_secret_app):
                 pass
+
+    async def test_a_weak_retired_secret_is_refused_too(self, tmp_path: Path) -> None:
+        """A retired HS256 secret still verifies tokens, so it could forge them."""
+        settings = kernel_settings(
+            tmp_path,
+            debug=False,
+            token_secret=secrets.token_urlsafe(48),
+            previous_keys={"k0": "your-secret-your-secret-your-secret"},
+        )
+        with pytest.raises(SettingsError) as caught:
+            async with running(auth_app(settings)):
+                pass
+        assert "auth.previous_keys['k0'] repeats itself" in str(caught.value)
+        assert "your-secret" not in str(caught.value)
 
     async def test_a_32_byte_secret_starts(self, strong_secret_app: FastAPI) -> None:
         async with running(strong_secret_app) as kernel:

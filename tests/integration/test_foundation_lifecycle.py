@@ -44,6 +44,10 @@ async def _eventually(condition: Callable[[], Awaitable[bool]], what: str) -> No
         pytest.fail(f"after 5 s: {what}")
 
 
+RANDOM_32 = "Vq3xN8rT2mK9pL4wZ7bH1cJ6dF5gS0aY"
+RANDOM_16_CHARS_32_BYTES = "éàüöçñøåßæœðþłńś"  # two bytes each in UTF-8
+
+
 class TestSecretAtStart:
     """Outside debug mode the kernel refuses to start without a 32-byte token secret."""
 
@@ -84,9 +88,9 @@ class TestSecretAtStart:
 
     @pytest.fixture(
         params=[
-            pytest.param({"debug": False, "auth": AuthSettings(token_secret="k" * 32)}, id="32"),
+            pytest.param({"debug": False, "auth": AuthSettings(token_secret=RANDOM_32)}, id="32"),
             pytest.param(
-                {"debug": False, "auth": AuthSettings(token_secret="\u00e9" * 16)},
+                {"debug": False, "auth": AuthSettings(token_secret=RANDOM_16_CHARS_32_BYTES)},
                 id="16-chars-32-bytes",
             ),
             pytest.param({"debug": True}, id="debug-without-secret"),
