@@ -71,7 +71,7 @@ def _from_env(var: str, parser: Callable[[str, str], T], default: T) -> Any:
     return Field(default_factory=factory, validate_default=True, json_schema_extra={"env": var})
 
 
-def _describe(section: str, exc: ValidationError) -> str:
+def _describe(section: str, exc: ValidationError, model: type[BaseModel] | None = None) -> str:
     lines = []
     for error in exc.errors(include_url=False):
         loc = ".".join(str(part) for part in error["loc"])
@@ -81,11 +81,34 @@ def _describe(section: str, exc: ValidationError) -> str:
             # A nested section already named itself from the root.
             lines.append(message)
             continue
+        var = _env_var(model, error["loc"])
+        if var is not None and var not in message:
+            name = f"{name} (env {var})"  # the user may have set only the variable
         message = message.replace("Input should be", "expected")
         if error["type"] != "value_error" and not _is_secret_loc(error["loc"]):
             message = f"{message}, got {error['input']!r}"
         lines.append(f"{name}: {message}")
     return "; ".join(lines)
+
+
+def _env_var(model: type[BaseModel] | None, loc: tuple[int | str, ...]) -> str | None:
+    """The environment variable the field at ``loc`` (nested sections followed) is
+    read from, if any."""
+    field = None
+    for part in loc:
+        if model is None:
+            return None
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        else:
+            model = None
+    extra = field.json_schema_extra if field is not None else None
+    var = extra.get("env") if isinstance(extra, dict) else None
+    return var if isinstance(var, str) else None
 
 
 def _is_secret_loc(loc: tuple[int | str, ...]) -> bool:
@@ -107,7 +130,7 @@ class _Settings(BaseModel):
             try:
                 super().__init__(**data)
             except ValidationError as exc:
-                raise SettingsError(_describe(self.section, exc)) from None
+                raise SettingsError(_describe(self.section, exc, type(self))) from None
 
 
 class RedisSettings(_Settings):

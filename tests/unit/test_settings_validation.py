@@ -248,10 +248,18 @@ class TestEnvironmentValues:
         with pytest.raises(SettingsError, match="RATE_LIMIT_WINDOW"):
             ServiceConfig.from_env()
 
-    def test_malformed_redis_url_from_env(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    @pytest.mark.parametrize("build", [KernelSettings, RedisSettings])
+    def test_malformed_redis_url_from_env_names_the_variable_too(
+        self, monkeypatch: pytest.MonkeyPatch, build: object
+    ) -> None:
         monkeypatch.setenv("REDIS_URL", "localhost:6379")
-        with pytest.raises(SettingsError, match=r"redis\.url"):
-            KernelSettings()
+        with pytest.raises(SettingsError, match=r"redis\.url \(env REDIS_URL\): expected"):
+            build()  # type: ignore[operator]
+
+    def test_a_nested_field_without_a_variable_is_named_alone(self) -> None:
+        with pytest.raises(SettingsError, match=r"^http\.gc_threshold: expected") as caught:
+            KernelSettings(http={"gc_threshold": "lots"})
+        assert "(env" not in str(caught.value)
 
     @pytest.mark.parametrize("build", [KernelSettings, ServiceConfig.from_env])
     def test_signup_variables_that_disagree_name_both(
