@@ -39,8 +39,7 @@ def test_patterned_secrets_are_weak(secret: str, reason: str) -> None:
     ],
 )
 def test_generated_secrets_pass(alphabet: str, length: int) -> None:
-    draw = random.Random(f"{alphabet}{length}")  # seeded: the same secrets every run
+    draw = random.Random(f"{alphabet}{length}")  # noqa: S311 - seeded: same samples each run
     for _ in range(2000):
         secret = "".join(draw.choice(alphabet) for _ in range(length))
         assert secret_weakness(secret) is None, secret
-
