@@ -352,6 +352,22 @@ async def test_worker_metrics_port_internal_and_public(server_kernel: Kernel, mo
         await asyncio.to_thread(server.close)
 
 
+async def test_worker_metrics_port_closes_silent_connections(server_kernel: Kernel) -> None:
+    """Each connection holds a thread: one that never sends a request is closed."""
+    server = WorkerMetricsServer(
+        server_kernel.metrics, mode="none", token_hash=None, request_timeout_seconds=0.2
+    ).start()
+
+    def silent_connection_closed() -> bool:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as silent:
+            return silent.recv(1) == b""  # the server hung up; a timeout raises instead
+
+    try:
+        assert await asyncio.to_thread(silent_connection_closed)
+    finally:
+        await asyncio.to_thread(server.close)
+
+
 def test_worker_metrics_server_rejects_an_unknown_mode(server_kernel: Kernel) -> None:
     with pytest.raises(ValueError, match="protect_metrics"):
         WorkerMetricsServer(server_kernel.metrics, mode="open", token_hash=None)

@@ -152,6 +152,9 @@ class WorkerMetricsServer:
         host: address to bind; ``127.0.0.1`` by default.
         port: TCP port; 0 picks a free one (see :attr:`port`).
         path: the path served.
+        request_timeout_seconds: how long a connection may stay silent before it
+            is closed; each connection holds a thread, so a client that opens
+            connections and sends nothing would otherwise keep them all.
     """
 
     def __init__(
@@ -163,6 +166,7 @@ class WorkerMetricsServer:
         host: str = "127.0.0.1",
         port: int = 0,
         path: str = "/metrics",
+        request_timeout_seconds: float = 10.0,
     ) -> None:
         if mode not in ("admin", "internal", "none"):
             msg = f"protect_metrics: expected admin, internal or none, got {mode!r}"
@@ -176,6 +180,7 @@ class WorkerMetricsServer:
 
         class Handler(BaseHTTPRequestHandler):
             server_version = "app_kernel-worker-metrics"
+            timeout = request_timeout_seconds
 
             def log_message(self, format: str, *args: Any) -> None:
                 del format, args  # no access log on stderr
