@@ -316,3 +316,18 @@ class TestTrustedProxy:
         ).status_code == 200
         failures = await kernel.audit.query(action="auth.login", status="failure", limit=1)
         assert failures[0].ip_address == "203.0.113.7"
+
+    async def test_an_ipv6_client_is_counted_by_its_64(
+        self, http: httpx.AsyncClient, kernel: Kernel, alice: dict[str, Any]
+    ) -> None:
+        """One IPv6 host can use any address of its /64: a new address per attempt
+        must not give it a new counter."""
+        for n in range(20):
+            hop = {"X-Forwarded-For": f"2001:db8:1:2::{n + 1:x}"}
+            assert (await attempt(http, f"user{n}", "wrong", **hop)).status_code == 401
+
+        assert_problem(await attempt(http, "alice", **{"X-Forwarded-For": "2001:db8:1:2::ff"}), 429)
+        neighbour = {"X-Forwarded-For": "2001:db8:1:3::1"}
+        assert (await attempt(http, "alice", **neighbour)).status_code == 200
+        failures = await kernel.audit.query(action="auth.login", status="failure", limit=1)
+        assert failures[0].ip_address == "2001:db8:1:2::14"  # the audit keeps the address

@@ -187,6 +187,24 @@ async def test_ips_are_limited_apart(app: FastAPI) -> None:
         assert (await two.get(f"{P}/limited")).status_code == 200
 
 
+async def test_an_ipv6_client_is_limited_by_its_64(app: FastAPI) -> None:
+    """A new address from the same /64 is the same client; another /64 is not."""
+    statuses = []
+    async with running(app):
+        for address in (
+            "2001:db8:7:1::1",
+            "2001:db8:7:1::2",
+            "2001:db8:7:1:a::3",
+            "2001:db8:7:1::4",
+        ):
+            async with client(app, address) as http:
+                statuses.append((await http.get(f"{P}/limited")).status_code)
+        async with client(app, "2001:db8:7:2::1") as neighbour:
+            other = await neighbour.get(f"{P}/limited")
+    assert statuses == [200, 200, 200, 429]
+    assert other.status_code == 200
+
+
 async def test_spoofed_forwarded_for_from_an_untrusted_peer_is_ignored(app: FastAPI) -> None:
     async with running(app), client(app, "10.0.0.7") as http:
         statuses = [

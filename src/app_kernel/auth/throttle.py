@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
+from app_kernel._ip_bucket import limit_bucket
 from app_kernel.auth.errors import AuthError
 from app_kernel.auth.state.base import AuthStateBackend
 from app_kernel.auth.store import InvalidUsername, normalise_username
@@ -41,7 +42,7 @@ class LoginThrottle:
 
     @staticmethod
     def keys(username: str, client_ip: str | None) -> tuple[str, str]:
-        return _user_key(username), f"login-ip:{client_ip or 'unknown'}"
+        return _user_key(username), f"login-ip:{limit_bucket(client_ip or 'unknown')}"
 
     async def check(self, username: str, client_ip: str | None) -> None:
         """Raise 429 (with ``Retry-After``) when either counter is at its limit."""

@@ -14,6 +14,7 @@ from typing import Any
 
 from fastapi import HTTPException, Request, Response
 
+from app_kernel._ip_bucket import limit_bucket
 from app_kernel._runtime import kernel_of_app
 from app_kernel.observability.route_template import full_template
 from app_kernel.reliability.backends.base import Limit, RateLimitResult
@@ -34,7 +35,8 @@ def route_identity(scope: dict[str, Any] | Any) -> str:
 
 
 async def caller_key(request: Request) -> str:
-    """``user:<id>`` for an authenticated caller, else ``ip:<client ip>``.
+    """``user:<id>`` for an authenticated caller, else ``ip:<client ip>`` (for IPv6,
+    the client's ``/64``: one host can use any address in it).
 
     A credential that is present but invalid counts as anonymous here: the
     route's own auth dependency answers 401 for it.
@@ -45,7 +47,7 @@ async def caller_key(request: Request) -> str:
         user = None
     if user is not None:
         return f"user:{user.id}"
-    return f"ip:{_client_ip(request)}"
+    return f"ip:{limit_bucket(_client_ip(request))}"
 
 
 def _client_ip(request: Request) -> str:
