@@ -187,9 +187,30 @@ class TestRedaction:
         assert line["note"] == "sent Basic [redacted]"
         assert (line["route"], line["plain"], line["after"]) == ("/a", "bearer", "ok")
 
+    @pytest.mark.parametrize(
+        ("text", "logged"),
+        [
+            ("login failed: password=hunter2 user=bob", "password=[redacted] user=bob"),
+            ('body {"password": "hunter2", "name": "x"}', '{"password": [redacted], "name": "x"}'),
+            ("{'api_key': 'k-123', 'max_tokens': 5}", "{'api_key': [redacted], 'max_tokens': 5}"),
+            ("GET /cb?token=abc&page=2", "/cb?token=[redacted]&page=2"),
+            ("note: client_secret=abc", "note: client_secret=[redacted]"),
+            ("X-API-Key: k-123 sent", "X-API-Key: [redacted] sent"),
+            ("max_tokens=5 passenger=1 monkey=2", "max_tokens=5 passenger=1 monkey=2"),
+        ],
+    )
+    def test_credential_assignments_inside_text(
+        self, stream: io.StringIO, text: str, logged: str
+    ) -> None:
+        get_logger().info(text)
+        [line] = _lines(stream)
+        assert logged in line["event"]
+        for secret in ("hunter2", "k-123", "=abc"):
+            assert secret not in line["event"]
+
     def test_exception_text(self, stream: io.StringIO) -> None:
         try:
-            msg = "cannot reach postgresql://app:pg-pass@db.internal/app"
+            msg = "cannot reach postgresql://app:pg-pass@db.internal/app (password=pg-pass)"
             raise ConnectionError(msg)
         except ConnectionError:
             get_logger().exception("startup failed")

@@ -52,13 +52,43 @@ _SECRET_TEXT = (
 )
 
 
+# ``password=hunter2``, ``"client_secret": "x"``, ``token: abc``: a name, an optional
+# closing quote, ``=`` or ``:``, then a quoted or bare value. The name is judged by
+# is_secret_key, so ``max_tokens=5`` and ``http://`` stay as they are.
+_ASSIGNED_NAME = re.compile(r"""\b([A-Za-z][A-Za-z0-9_.-]*)(["']?\s*[=:]\s*)""")
+_ASSIGNED_VALUE = re.compile(r"""\[redacted\]|"[^"]*"|'[^']*'|[^\s&,;"')\]}]+""")
+# Substrings of every word in _SECRET_WORDS: text without any of them names no secret.
+_SECRET_STEMS = ("pass", "pwd", "secret", "token", "jwt", "auth", "cookie", "cred", "key", "sig")
+
+
+def _redact_assignments(text: str) -> str:
+    """Values assigned to credential names replaced. Names are found one after the
+    other, values never skipped over, so ``note: password=x`` loses ``x``."""
+    parts: list[str] = []
+    done = 0
+    for name in _ASSIGNED_NAME.finditer(text):
+        if name.start() < done or not is_secret_key(name.group(1)):
+            continue
+        value = _ASSIGNED_VALUE.match(text, name.end())
+        if value is None or value.group(0) == REDACTED:
+            continue
+        parts += (text[done : name.end()], REDACTED)
+        done = value.end()
+    if not parts:
+        return text
+    parts.append(text[done:])
+    return "".join(parts)
+
+
 def may_hold_secret(text: str) -> bool:
     """False when no pattern above can match ``text``: plain substring tests, which
     cost a fraction of one regular-expression search (most log text holds no secret)."""
     if "ak_" in text or ("@" in text and "://" in text):
         return True
     lowered = text.lower()
-    return "bearer" in lowered or "basic" in lowered
+    if "bearer" in lowered or "basic" in lowered:
+        return True
+    return ("=" in text or ":" in text) and any(stem in lowered for stem in _SECRET_STEMS)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -73,12 +103,13 @@ def is_secret_key(name: str) -> bool:
 
 
 def scrub_text(text: str) -> str:
-    """``text`` with bearer tokens, API keys and URL passwords replaced."""
+    """``text`` with bearer tokens, API keys, URL passwords and the values of
+    credential-named assignments (``password=...``, ``"token": "..."``) replaced."""
     if not may_hold_secret(text):
         return text
     for pattern, replacement in _SECRET_TEXT:
         text = pattern.sub(replacement, text)
-    return text
+    return _redact_assignments(text)
 
 
 def _scrub(value: Any, depth: int = 0) -> Any:
