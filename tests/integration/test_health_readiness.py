@@ -125,6 +125,20 @@ async def test_liveness_runs_no_checks(mixed_app: FastAPI, probe: Probe) -> None
     assert probe.calls == 0
 
 
+async def test_both_probes_answer_head_like_get(mixed_app: FastAPI, passing_app: FastAPI) -> None:
+    """Some load balancers and monitors probe with HEAD; the OpenAPI document
+    still lists one GET operation per probe."""
+    async with serve(mixed_app) as client:
+        live, not_ready = await client.head("/healthz"), await client.head("/readyz")
+    async with serve(passing_app) as client:
+        ready = await client.head("/readyz")
+        document = (await client.get("/openapi.json")).json()
+    assert (live.status_code, not_ready.status_code, ready.status_code) == (200, 503, 200)
+    assert live.headers["content-type"] == "application/json"
+    for probe in ("/healthz", "/readyz"):
+        assert list(document["paths"][probe]) == ["get"]
+
+
 async def test_liveness_stays_up_while_a_backend_is_down(passing_app: FastAPI) -> None:
     async with serve(passing_app) as client:
         await passing_app.state.app_kernel.sqlite.close()  # the embedded store is gone

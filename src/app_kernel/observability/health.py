@@ -88,10 +88,15 @@ def health_router(
     checks: Callable[[], Sequence[tuple[str, HealthCheck]]],
     timeout_seconds: float,
 ) -> APIRouter:
-    """Routes for the liveness and readiness probes."""
+    """Routes for the liveness and readiness probes.
+
+    Both answer HEAD as well as GET: some load balancers and uptime monitors
+    probe with HEAD, and HTTP asks every server to support it. The server
+    drops the body of a HEAD answer; status and headers are those of GET.
+    """
     router = APIRouter(tags=["health"])
 
-    @router.get(health_path, include_in_schema=True, summary="Liveness probe")
+    @router.get(health_path, summary="Liveness probe")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
@@ -102,4 +107,8 @@ def health_router(
         body = {"status": "ok" if ready else "fail", "checks": [r.to_dict() for r in results]}
         return JSONResponse(body, status_code=200 if ready else 503)
 
+    # HEAD as a route of its own: one route with both methods would give the
+    # OpenAPI document two operations with the same id.
+    for path, endpoint in ((health_path, healthz), (ready_path, readyz)):
+        router.add_api_route(path, endpoint, methods=["HEAD"], include_in_schema=False)
     return router
