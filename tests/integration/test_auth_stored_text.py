@@ -22,6 +22,7 @@ from _auth_helpers import (
     login,
     running,
 )
+from app_kernel.auth.store import InvalidEmail
 from app_kernel.kernel import Kernel
 from app_kernel.settings import FeatureSettings
 
@@ -70,4 +71,17 @@ async def test_signup_email_with_control_characters_is_422(
     kernel, http, _ = served
     body = {"username": "newcomer", "email": email, "password": "long enough password 1"}
     assert_problem(await http.post(f"{AUTH}/register", json=body), 422)
+    assert await kernel.auth.users.get_by_username("newcomer") is None
+
+
+@pytest.mark.parametrize(
+    "email", ["not-an-email", "a b@example.com", "a@exa\x00mple.com", "a@" * 200]
+)
+async def test_create_user_refuses_a_malformed_email(
+    served: tuple[Kernel, httpx.AsyncClient, str], email: str
+) -> None:
+    """The rule of the signup route holds for the CLI and app code too."""
+    kernel, _, _ = served
+    with pytest.raises(InvalidEmail, match="name@domain"):
+        await add_user(kernel, "newcomer", email=email)
     assert await kernel.auth.users.get_by_username("newcomer") is None

@@ -136,6 +136,24 @@ def test_weak_password_is_refused(workdir: Path) -> None:
     assert "at least 8" in result.stderr
 
 
+def test_malformed_email_is_refused(workdir: Path) -> None:
+    """The CLI holds emails to the rule of the signup route."""
+    result = run(
+        workdir,
+        "users",
+        "--app",
+        "cliapp:app",
+        "create",
+        "erin",
+        "--email",
+        "not-an-email",
+        "--password-stdin",
+        stdin="a long enough password\n",
+    )
+    assert result.returncode == 2
+    assert "an email address reads name@domain" in result.stderr
+
+
 def test_duplicate_username_is_refused(workdir: Path) -> None:
     args = ("users", "--app", "cliapp:app", "create")
     first = run(

@@ -17,6 +17,7 @@ from app_kernel.auth.deps import get_current_user, require_admin
 from app_kernel.auth.errors import AuthError
 from app_kernel.auth.models import UserIdentity
 from app_kernel.auth.service import AuthService
+from app_kernel.auth.store import EMAIL_PATTERN
 from app_kernel.settings import FeatureSettings
 
 __all__ = ("auth_router",)
@@ -25,7 +26,6 @@ _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 _MAX_FORM_BYTES = 16_384
 # Stored text: no control characters (PostgreSQL refuses NUL; the rest ends up in logs).
 _PLAIN_TEXT = r"^[^\x00-\x1f\x7f]*$"
-_EMAIL = r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+$"
 
 
 class LoginRequest(BaseModel):
@@ -55,7 +55,7 @@ class RegisterRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     username: str = Field(min_length=1, max_length=150)
-    email: str = Field(min_length=3, max_length=320, pattern=_EMAIL)
+    email: str = Field(min_length=3, max_length=320, pattern=EMAIL_PATTERN)
     password: str = Field(min_length=1, max_length=4096)
 
 

@@ -22,11 +22,13 @@ from app_kernel.auth.passwords import PasswordHasher, check_password_policy
 from app_kernel.auth.revocation import TtlCache
 from app_kernel.auth.state.base import AuthStateBackend, RotateOutcome, UserRevocation
 from app_kernel.auth.store import (
+    InvalidEmail,
     InvalidUsername,
     UserAdminStore,
     UserRecord,
     UserStore,
     UserStoreMissingFeature,
+    check_email,
     normalise_username,
 )
 from app_kernel.auth.throttle import LoginThrottle
@@ -392,7 +394,8 @@ class AuthService:
         """
         try:
             normalise_username(username)
-        except InvalidUsername as exc:
+            check_email(email)
+        except (InvalidUsername, InvalidEmail) as exc:
             raise RegistrationError(422, str(exc)) from None
         problems = check_password_policy(
             password,
@@ -426,9 +429,11 @@ class AuthService:
         role needs ``UserAdminStore.set_role``.
 
         Raises:
-            ValueError: the username or email is taken, or the username is invalid.
+            ValueError: the username or email is taken, or either is invalid
+                (:class:`InvalidUsername`, :class:`InvalidEmail`).
             UserStoreMissingFeature: a role was asked of a store that cannot set one.
         """
+        check_email(email)
         if self.sql_users is not None and self.users is self.sql_users:
             async with self.sql_users.database.sessions() as session, session.begin():
                 record = await self.sql_users.create(

@@ -9,6 +9,7 @@ A record is a mapping with at least ``id``, ``username``, ``email``,
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
@@ -16,11 +17,14 @@ from typing import Any, Protocol, runtime_checkable
 from app_kernel.errors import KernelError
 
 __all__ = (
+    "EMAIL_PATTERN",
+    "InvalidEmail",
     "InvalidUsername",
     "UserAdminStore",
     "UserRecord",
     "UserStore",
     "UserStoreMissingFeature",
+    "check_email",
     "normalise_username",
 )
 
@@ -31,6 +35,32 @@ _MAX_USERNAME = 150
 
 class InvalidUsername(KernelError, ValueError):
     """A username the kernel refuses (empty, too long, invisible characters)."""
+
+
+class InvalidEmail(KernelError, ValueError):
+    """An email address the kernel refuses (no ``@``, spaces, control characters)."""
+
+
+EMAIL_PATTERN = r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+$"
+"""What an email address must look like: something, ``@``, something; no spaces or
+control characters. Deliverability is the app's concern."""
+_EMAIL = re.compile(EMAIL_PATTERN)
+_MAX_EMAIL = 320
+
+
+def check_email(email: str) -> str:
+    """``email`` when it has the form of :data:`EMAIL_PATTERN` and at most 320 characters.
+
+    Raises:
+        InvalidEmail: anything else.
+    """
+    if not isinstance(email, str) or len(email) > _MAX_EMAIL or not _EMAIL.match(email):
+        msg = (
+            "an email address reads name@domain, at most 320 characters, "
+            f"without spaces or control characters; got {email!r:.80}"
+        )
+        raise InvalidEmail(msg)
+    return email
 
 
 class UserStoreMissingFeature(KernelError):
