@@ -1,10 +1,12 @@
-"""Property-based fuzzing of the auth and health routes from the service's own OpenAPI.
+"""Property-based fuzzing of the kernel's routes from the service's own OpenAPI.
 
 The app mirrors ``examples/service.py`` (``create_service`` with a widget router)
-but in debug mode, with self-signup on and its files under ``tmp_path``.
-Schemathesis generates valid and invalid requests for every operation under
-``/api/v1/auth`` plus ``/healthz`` and ``/readyz``; none may answer 5xx. Requests
-carry an admin API key, so the admin-only routes are fuzzed past their
+but in debug mode, with self-signup, request metrics and the audit route on and
+its files under ``tmp_path``, on each SQL database (PostgreSQL refuses text
+that SQLite takes, such as NUL). Schemathesis generates valid and invalid
+requests for every operation under ``/api/v1/auth``, ``/audit``,
+``/metrics/requests`` plus ``/healthz`` and ``/readyz``; none may answer 5xx.
+Requests carry an admin API key, so the admin-only routes are fuzzed past their
 authorisation check. Bounded and derandomised, so a run takes seconds and
 repeats exactly.
 """
@@ -33,7 +35,7 @@ from app_kernel.auth import UserIdentity, get_current_user
 ADMIN = "fuzz-admin"
 ADMIN_PASSWORD = "fuzzing is a passphrase"
 MAX_EXAMPLES = 30
-OPERATIONS = r"^/api/v1/auth/|^/healthz$|^/readyz$"
+OPERATIONS = r"^/api/v1/auth/|^/audit$|^/metrics/requests|^/healthz$|^/readyz$"
 CurrentUser = Annotated[UserIdentity, Depends(get_current_user)]
 
 
@@ -56,14 +58,20 @@ def widget_router() -> APIRouter:
 
 
 @pytest.fixture
-def service(tmp_path: Path) -> Iterator[FastAPI]:
+def service(tmp_path: Path, sql_database_url: str) -> Iterator[FastAPI]:
     manifest = tmp_path / "manifest.yaml"
     manifest.write_text(
         yaml.safe_dump(
             {
                 "data_dir": str(tmp_path),
+                "database_url": sql_database_url,
                 "auth": {"argon2_time_cost": 1, "argon2_memory_kib": 8},
-                "observability": {"access_log": False, "log_level": "WARNING"},
+                "features": {"enable_audit_routes": True},
+                "observability": {
+                    "access_log": False,
+                    "log_level": "WARNING",
+                    "request_metrics": {"enabled": True},
+                },
             }
         )
     )
@@ -105,6 +113,7 @@ def test_auth_routes_never_answer_5xx(service: FastAPI) -> None:
     paths = {(op.method.upper(), op.path) for op in operations}
     assert {("POST", "/api/v1/auth/login"), ("POST", "/api/v1/auth/register")} <= paths
     assert ("GET", "/healthz") in paths
+    assert {("GET", "/audit"), ("GET", "/metrics/requests/stats")} <= paths
     assert not any(path.startswith("/api/v1/widgets") for _, path in paths)
 
     for operation in operations:
