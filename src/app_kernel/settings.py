@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import os
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -55,6 +56,7 @@ __all__ = (
 )
 
 T = TypeVar("T")
+_ORIGIN = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s@]+")
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -510,6 +512,26 @@ class HttpSettings(_Settings):
     of every request in flight, which reference counting frees anyway when the
     request ends: 4% of the CPU and a colder cache. bench_http_stack served 7%
     more requests per second with 10000, the default."""
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # Browsers send an Origin as scheme://host[:port], lowercase, with no path,
+        # and it is compared as a string: "https://app.example/" would never match.
+        origins = []
+        for entry in value:
+            if entry == "*":
+                origins.append(entry)
+                continue
+            if not _ORIGIN.fullmatch(entry):
+                msg = (
+                    "expected '*' or origins such as https://app.example.com or "
+                    f"http://localhost:3000 (scheme://host[:port], no path or trailing /), "
+                    f"got {entry!r}"
+                )
+                raise ValueError(msg)
+            origins.append(entry.lower())
+        return tuple(origins)
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -149,6 +149,16 @@ class TestFrozen:
             id="trusted-proxy-not-an-address",
         ),
         pytest.param(
+            lambda: HttpSettings(cors_origins=("https://app.example.com/",)),
+            "http.cors_origins: expected '*' or origins such as https://app.example.com",
+            id="cors-origin-with-a-trailing-slash-that-would-never-match",
+        ),
+        pytest.param(
+            lambda: HttpSettings(cors_origins=("app.example.com",)),
+            "http.cors_origins",
+            id="cors-origin-without-a-scheme",
+        ),
+        pytest.param(
             lambda: HttpSettings(gc_threshold=0),
             "http.gc_threshold: expected greater than or equal to 700",
             id="gc-threshold-that-would-turn-the-collector-off",
@@ -307,3 +317,12 @@ class TestManifestKeys:
     def test_missing_manifest(self, tmp_path: Path) -> None:
         with pytest.raises(SettingsError, match="cannot be read"):
             KernelSettings.from_manifest(tmp_path / "absent.yaml")
+
+
+def test_cors_origins_are_kept_as_browsers_send_them() -> None:
+    origins = ("*", "https://App.Example.com:8443", "capacitor://localhost")
+    assert HttpSettings(cors_origins=origins).cors_origins == (
+        "*",
+        "https://app.example.com:8443",
+        "capacitor://localhost",
+    )
