@@ -56,6 +56,7 @@ __all__ = (
 )
 
 T = TypeVar("T")
+_HOST = re.compile(r"(\*\.)?[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?|\[[0-9A-Fa-f:.]+\]")
 _ORIGIN = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s@]+")
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -532,6 +533,23 @@ class HttpSettings(_Settings):
                 raise ValueError(msg)
             origins.append(entry.lower())
         return tuple(origins)
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _check_hosts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # Compared with the Host header once its port is dropped: a scheme, a port
+        # or a path in an entry would never match, and no entry refuses everything.
+        if not value:
+            msg = "expected at least one host, or '*' for any; none would refuse every request"
+            raise ValueError(msg)
+        for entry in value:
+            if entry != "*" and not _HOST.fullmatch(entry):
+                msg = (
+                    "expected '*', host names such as api.example.com or *.example.com, "
+                    f"or IP addresses ([::1] for IPv6), without scheme, port or path; got {entry!r}"
+                )
+                raise ValueError(msg)
+        return tuple(entry.lower() for entry in value)
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -159,6 +159,16 @@ class TestFrozen:
             id="cors-origin-without-a-scheme",
         ),
         pytest.param(
+            lambda: HttpSettings(allowed_hosts=("api.example.com:8443",)),
+            "http.allowed_hosts: expected '*', host names such as api.example.com",
+            id="allowed-host-with-a-port-that-would-never-match",
+        ),
+        pytest.param(
+            lambda: HttpSettings(allowed_hosts=()),
+            "http.allowed_hosts: expected at least one host",
+            id="no-allowed-host-at-all",
+        ),
+        pytest.param(
             lambda: HttpSettings(gc_threshold=0),
             "http.gc_threshold: expected greater than or equal to 700",
             id="gc-threshold-that-would-turn-the-collector-off",
@@ -325,4 +335,15 @@ def test_cors_origins_are_kept_as_browsers_send_them() -> None:
         "*",
         "https://app.example.com:8443",
         "capacitor://localhost",
+    )
+
+
+def test_allowed_hosts_take_names_wildcards_and_ip_literals() -> None:
+    hosts = ("API.example.com", "*.example.com", "127.0.0.1", "[::1]", "localhost")
+    assert HttpSettings(allowed_hosts=hosts).allowed_hosts == (
+        "api.example.com",
+        "*.example.com",
+        "127.0.0.1",
+        "[::1]",
+        "localhost",
     )
