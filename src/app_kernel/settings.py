@@ -394,6 +394,16 @@ class RequestMetricsSettings(_Settings):
     batches are dropped and counted in ``request_metrics_batches_dropped_total``.
     Default: 100."""
 
+    @field_validator("exclude_paths")
+    @classmethod
+    def _check_excluded(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # Compared with request paths, which always start with '/'.
+        for path in value:
+            if not path.startswith("/"):
+                msg = f"expected paths starting with '/' such as /healthz, got {path!r}"
+                raise ValueError(msg)
+        return value
+
 
 def _metrics_token_hash_from_env() -> str | None:
     token = os.environ.get("KERNEL_METRICS_TOKEN", "").strip()
@@ -622,6 +632,25 @@ class FeatureSettings(_Settings):
             msg = f"expected a path starting with '/' and not ending with '/', got {value!r}"
             raise ValueError(msg)
         return value
+
+    @model_validator(mode="after")
+    def _distinct_paths(self) -> FeatureSettings:
+        # Two kernel routes on one path: the one mounted first would hide the other.
+        paths = [
+            ("health_path", self.health_path, self.enable_health_routes),
+            ("ready_path", self.ready_path, self.enable_health_routes),
+            ("metrics_path", self.metrics_path, self.enable_metrics),
+            ("audit_path", self.audit_path, self.enable_audit_routes),
+        ]
+        seen: dict[str, str] = {}
+        for name, path, mounted in paths:
+            if not mounted:
+                continue
+            if path in seen:
+                msg = f"{seen[path]} and {name} are both {path!r}: each kernel route needs its own"
+                raise ValueError(msg)
+            seen[path] = name
+        return self
 
     @classmethod
     def from_env(cls) -> FeatureSettings:

@@ -14,6 +14,7 @@ from app_kernel.settings import (
     HttpSettings,
     RedisSettings,
     ReliabilitySettings,
+    RequestMetricsSettings,
     StreamingSettings,
 )
 
@@ -167,6 +168,16 @@ class TestFrozen:
             lambda: HttpSettings(allowed_hosts=()),
             "http.allowed_hosts: expected at least one host",
             id="no-allowed-host-at-all",
+        ),
+        pytest.param(
+            lambda: RequestMetricsSettings(exclude_paths=("metrics",)),
+            "observability.request_metrics.exclude_paths: expected paths starting with '/'",
+            id="request-metrics-exclusion-without-a-slash",
+        ),
+        pytest.param(
+            lambda: FeatureSettings(metrics_path="/healthz"),
+            "features: health_path and metrics_path are both '/healthz'",
+            id="two-kernel-routes-on-one-path",
         ),
         pytest.param(
             lambda: HttpSettings(gc_threshold=0),
@@ -347,3 +358,7 @@ def test_allowed_hosts_take_names_wildcards_and_ip_literals() -> None:
         "[::1]",
         "localhost",
     )
+
+
+def test_a_path_shared_with_a_route_that_is_not_mounted_is_fine() -> None:
+    assert FeatureSettings(metrics_path="/audit").metrics_path == "/audit"
