@@ -204,6 +204,8 @@ async def test_ids_holding_nul_or_lone_surrogates_are_stored_on_both_databases(
     await audit.log("file.read", resource_id="report\x00.pdf", actor_id="u\ud800")
     (event,) = await audit.query(action="file.read")
     assert (event.resource_id, event.actor_id) == ("report\ufffd.pdf", "u\ufffd")
+    # Searching with the text as the app has it finds the event, on both databases.
+    assert await audit.query(resource_id="report\x00.pdf", actor_id="u\ud800") == [event]
 
 
 async def test_request_id_and_ip_default_to_the_current_request(audit: AuditLogger) -> None:

@@ -226,6 +226,9 @@ async def test_text_no_database_can_hold_does_not_cost_the_batch(
     assert stored[5]["user_agent"] == "ua\ufffd"
     assert stored[5]["workspace_id"] == "w\ufffd"
     assert stored[6]["path"] == "/api/fine"
+    # Searching with the text as the request had it finds the record.
+    (found,) = await store.get_recent(path_prefix="/api/\x00", workspace_id="w\ud800")
+    assert found["latency_ms"] == 5
 
 
 # --- the batch writer through a real worker ---------------------------------------------

@@ -234,7 +234,8 @@ class SqlAuditStore:
         }
         for name, value in equal.items():
             if value is not None:
-                statement = statement.where(table.c[name] == value)
+                # As the logger stored it, so text holding NUL finds its events.
+                statement = statement.where(table.c[name] == storable_text(value))
         if after is not None:
             statement = statement.where(table.c.timestamp > _as_utc(after))
         if before is not None:

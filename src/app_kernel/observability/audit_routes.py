@@ -25,7 +25,7 @@ def audit_router(path: str, admin_dependency: Callable[..., Any]) -> APIRouter:
     ``resource_id``, ``status`` and the exclusive time bounds ``after`` and
     ``before`` (ISO 8601; without an offset they mean UTC). ``limit`` is 1 to
     1000 (default 100) and ``offset`` 0 to 10**9; text filters hold at most 1024
-    characters and no NUL. Anything else is a 422 (see
+    characters. Anything else is a 422 (see
     :mod:`app_kernel.observability.query_params`).
     The answer is ``{"items": [...], "limit": n, "offset": n, "next_offset": n}``,
     ``next_offset`` being None on the last page.

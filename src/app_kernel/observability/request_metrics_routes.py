@@ -66,7 +66,7 @@ def request_metrics_router(path: str, admin_dependency: Callable[..., Any]) -> A
     ``trace_id``, ``status_min``, ``status_max``, ``min_latency_ms``, ``user_id``,
     ``workspace_id``, ``since`` and ``until`` (ISO 8601, UTC without an offset),
     and ``limit`` (1 to 1000, default 100) and ``offset`` (0 to 10**9). Text
-    filters hold at most 1024 characters and no NUL, and ``trace_id`` is 32
+    filters hold at most 1024 characters, and ``trace_id`` is 32
     lowercase hex digits; anything else is a 422. They answer
     ``{"items": [...], "limit", "offset", "next_offset"}`` newest first,
     ``next_offset`` being None on the last page. ``/slow`` defaults

@@ -266,9 +266,8 @@ class RequestMetricsStore:
         table = request_metrics_table
         statement = select(table)
         if path_prefix:
-            statement = statement.where(
-                table.c.path.like(_escape_like(path_prefix) + "%", escape="\\")
-            )
+            prefix = _escape_like(storable_text(path_prefix))  # as paths were stored
+            statement = statement.where(table.c.path.like(prefix + "%", escape="\\"))
         if min_latency_ms is not None:
             statement = statement.where(table.c.latency_ms >= min_latency_ms)
         if status_min is not None:
@@ -284,7 +283,7 @@ class RequestMetricsStore:
         }
         for name, value in equal.items():
             if value is not None:
-                statement = statement.where(table.c[name] == value)
+                statement = statement.where(table.c[name] == storable_text(value))
         if since is not None:
             statement = statement.where(table.c.timestamp >= _as_utc(since))
         if until is not None:
