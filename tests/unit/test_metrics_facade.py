@@ -135,6 +135,18 @@ class TestMisuse:
         with pytest.raises(MetricMisuse, match="x_total"):
             metrics.gauge("x_total", 1)
 
+    @pytest.mark.parametrize(
+        ("first", "second"), [("api.requests", "api_requests"), ("a-b", "a.b")]
+    )
+    def test_two_names_that_become_one_series_is_misuse(self, first: str, second: str) -> None:
+        """Both would be counted in one Prometheus counter, each thinking it is alone."""
+        metrics = Metrics()
+        metrics.increment(first)
+        with pytest.raises(MetricMisuse, match=rf"'{second}' and metric '{first}' both become"):
+            metrics.increment(second)
+        metrics.increment(first)
+        assert samples(metrics)[(f"{first.replace('.', '_').replace('-', '_')}_total", ())] == 2
+
     def test_gauge_mode(self) -> None:
         metrics = Metrics()
         with pytest.raises(MetricMisuse, match="mode"):

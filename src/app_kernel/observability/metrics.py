@@ -329,6 +329,12 @@ class Metrics:
         tagnames = tuple(sorted(tags)) if tags else ()
         family = self._families.get(prom)
         if family is not None:
+            if family.dotted != name:
+                msg = (
+                    f"metric {name!r} and metric {family.dotted!r} both become {prom!r} in "
+                    "Prometheus and would be counted as one: rename one of them"
+                )
+                raise MetricMisuse(msg)
             if family.kind != kind:
                 msg = (
                     f"metric {name!r} ({prom}) was first used as a {family.kind} "
