@@ -197,6 +197,12 @@ class TestRedaction:
             ("note: client_secret=abc", "note: client_secret=[redacted]"),
             ("X-API-Key: k-123 sent", "X-API-Key: [redacted] sent"),
             ("max_tokens=5 passenger=1 monkey=2", "max_tokens=5 passenger=1 monkey=2"),
+            ("headers:\nX-API-Key: k-123\nAccept: json", "X-API-Key: [redacted]\nAccept: json"),
+            # Prose: a name and a colon in mid-sentence assign nothing.
+            (
+                "started without JWT_SECRET: tokens are signed with a random key",
+                "started without JWT_SECRET: tokens are signed with a random key",
+            ),
         ],
     )
     def test_credential_assignments_inside_text(

@@ -52,10 +52,17 @@ _SECRET_TEXT = (
 )
 
 
-# ``password=hunter2``, ``"client_secret": "x"``, ``token: abc``: a name, an optional
-# closing quote, ``=`` or ``:``, then a quoted or bare value. The name is judged by
-# is_secret_key, so ``max_tokens=5`` and ``http://`` stay as they are.
-_ASSIGNED_NAME = re.compile(r"""\b([A-Za-z][A-Za-z0-9_.-]*)(["']?\s*[=:]\s*)""")
+# A credential given a value inside text: ``password=hunter2`` anywhere,
+# ``"client_secret": "x"`` (JSON, Python reprs) anywhere, and ``X-API-Key: abc``
+# at the start of a line (a header dump). A bare ``name: value`` elsewhere is
+# prose ("started without JWT_SECRET: tokens are..."), so it is left alone. The
+# name is judged by is_secret_key, so ``max_tokens=5`` stays as it is.
+_ASSIGNED_NAME = re.compile(
+    r"""(?<=["'])([A-Za-z][\w.-]*)(["']\s*:\s*)"""
+    r"""|^([A-Za-z][\w.-]*)(:[ \t]*)"""
+    r"""|\b([A-Za-z][\w.-]*)(\s*=\s*)""",
+    re.MULTILINE,
+)
 _ASSIGNED_VALUE = re.compile(r"""\[redacted\]|"[^"]*"|'[^']*'|[^\s&,;"')\]}]+""")
 # Substrings of every word in _SECRET_WORDS: text without any of them names no secret.
 _SECRET_STEMS = ("pass", "pwd", "secret", "token", "jwt", "auth", "cookie", "cred", "key", "sig")
@@ -67,7 +74,8 @@ def _redact_assignments(text: str) -> str:
     parts: list[str] = []
     done = 0
     for name in _ASSIGNED_NAME.finditer(text):
-        if name.start() < done or not is_secret_key(name.group(1)):
+        key = name.group(1) or name.group(3) or name.group(5)
+        if name.start() < done or not is_secret_key(key):
             continue
         value = _ASSIGNED_VALUE.match(text, name.end())
         if value is None or value.group(0) == REDACTED:
