@@ -198,6 +198,8 @@ class TestRedaction:
             ("X-API-Key: k-123 sent", "X-API-Key: [redacted] sent"),
             ("max_tokens=5 passenger=1 monkey=2", "max_tokens=5 passenger=1 monkey=2"),
             ("headers:\nX-API-Key: k-123\nAccept: json", "X-API-Key: [redacted]\nAccept: json"),
+            # A comparison in a traceback's source line assigns nothing either.
+            ("    if token == expected_token:", "if token == expected_token:"),
             # Prose: a name and a colon in mid-sentence assign nothing.
             (
                 "started without JWT_SECRET: tokens are signed with a random key",

@@ -60,7 +60,7 @@ _SECRET_TEXT = (
 _ASSIGNED_NAME = re.compile(
     r"""(?<=["'])([A-Za-z][\w.-]*)(["']\s*:\s*)"""
     r"""|^([A-Za-z][\w.-]*)(:[ \t]*)"""
-    r"""|\b([A-Za-z][\w.-]*)(\s*=\s*)""",
+    r"""|\b([A-Za-z][\w.-]*)(\s*=(?!=)\s*)""",  # not "==": code in a traceback
     re.MULTILINE,
 )
 _ASSIGNED_VALUE = re.compile(r"""\[redacted\]|"[^"]*"|'[^']*'|[^\s&,;"')\]}]+""")
