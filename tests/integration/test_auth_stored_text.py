@@ -85,3 +85,15 @@ async def test_create_user_refuses_a_malformed_email(
     with pytest.raises(InvalidEmail, match="name@domain"):
         await add_user(kernel, "newcomer", email=email)
     assert await kernel.auth.users.get_by_username("newcomer") is None
+
+
+@pytest.mark.parametrize(("email", "stored"), [("", ""), ("  ada@example.com ", "ada@example.com")])
+async def test_create_user_keeps_no_email_and_trims_edges(
+    served: tuple[Kernel, httpx.AsyncClient, str], email: str, stored: str
+) -> None:
+    """An empty email means none, as the user store has always kept it."""
+    kernel, _, _ = served
+    await add_user(kernel, "newcomer", email=email)
+    record = await kernel.auth.users.get_by_username("newcomer")
+    assert record is not None
+    assert record["email"] == stored

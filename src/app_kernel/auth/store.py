@@ -48,19 +48,26 @@ _EMAIL = re.compile(EMAIL_PATTERN)
 _MAX_EMAIL = 320
 
 
-def check_email(email: str) -> str:
-    """``email`` when it has the form of :data:`EMAIL_PATTERN` and at most 320 characters.
+def check_email(email: str | None) -> str:
+    """``email`` without its edge whitespace, when it has the form of
+    :data:`EMAIL_PATTERN` and at most 320 characters; ``""`` when it is empty
+    or None, which means the user has no email (as the user stores keep it).
 
     Raises:
         InvalidEmail: anything else.
     """
-    if not isinstance(email, str) or len(email) > _MAX_EMAIL or not _EMAIL.match(email):
+    if email is None:
+        return ""
+    text = email.strip() if isinstance(email, str) else None
+    if text == "":
+        return ""
+    if text is None or len(text) > _MAX_EMAIL or not _EMAIL.match(text):
         msg = (
             "an email address reads name@domain, at most 320 characters, "
             f"without spaces or control characters; got {email!r:.80}"
         )
         raise InvalidEmail(msg)
-    return email
+    return text
 
 
 class UserStoreMissingFeature(KernelError):
