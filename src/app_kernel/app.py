@@ -30,6 +30,7 @@ from app_kernel.service_config import ServiceConfig, to_kernel_settings
 from app_kernel.settings import KernelSettings
 from app_kernel.types import HealthCheck
 from app_kernel.web.docs import install_offline_docs
+from app_kernel.web.head_requests import HeadRequestMiddleware
 from app_kernel.web.route_warmup import prepare_routes
 from app_kernel.web.stack import install_http_layer
 
@@ -72,7 +73,9 @@ def init_app_kernel(
     app.state.app_kernel = kernel
     set_current(kernel)
 
-    # Innermost (added first): it sees the app's own response, inside the body limit.
+    # Innermost (added first): HEAD on GET routes, then idempotency, which sees
+    # the app's own response, inside the body limit.
+    app.add_middleware(HeadRequestMiddleware, routes=app.router.routes)
     app.add_middleware(
         IdempotencyMiddleware,
         service=kernel.idempotency,

@@ -90,9 +90,9 @@ def health_router(
 ) -> APIRouter:
     """Routes for the liveness and readiness probes.
 
-    Both answer HEAD as well as GET: some load balancers and uptime monitors
-    probe with HEAD, and HTTP asks every server to support it. The server
-    drops the body of a HEAD answer; status and headers are those of GET.
+    Load balancers and uptime monitors that probe with HEAD get the GET's
+    answer without its body, as on every GET route of a kernel app (see
+    :mod:`app_kernel.web.head_requests`).
     """
     router = APIRouter(tags=["health"])
 
@@ -107,8 +107,4 @@ def health_router(
         body = {"status": "ok" if ready else "fail", "checks": [r.to_dict() for r in results]}
         return JSONResponse(body, status_code=200 if ready else 503)
 
-    # HEAD as a route of its own: one route with both methods would give the
-    # OpenAPI document two operations with the same id.
-    for path, endpoint in ((health_path, healthz), (ready_path, readyz)):
-        router.add_api_route(path, endpoint, methods=["HEAD"], include_in_schema=False)
     return router

@@ -18,8 +18,12 @@ Outermost first, as a request meets them:
 6. The global rate limit, when ``reliability.global_rate_limit`` is on.
 7. :class:`BodyLimitMiddleware`: bodies over the limit get 413.
 
-Then FastAPI's own exception middleware and router, whose errors (404, 405,
-422, ``HTTPException``) the kernel's handlers render as problems.
+Inside these, added by :func:`app_kernel.app.init_app_kernel`: the
+idempotency layer (POST and PATCH with an ``Idempotency-Key``), then
+:class:`~app_kernel.web.head_requests.HeadRequestMiddleware` (HEAD on a GET
+route answered as a GET without its body). Then FastAPI's own exception
+middleware and router, whose errors (404, 405, 422, ``HTTPException``) the
+kernel's handlers render as problems.
 """
 
 from __future__ import annotations
