@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, Response
 
 from app_kernel.observability.logging import get_logger
 from app_kernel.types import Scope
+from app_kernel.web.allowed_methods import allowed_methods
 
 __all__ = (
     "PROBLEM_CONTENT_TYPE",
@@ -86,8 +87,14 @@ async def http_exception_handler(request: Request, exc: Exception) -> Response:
     extra = None if isinstance(exc.detail, str) else {"errors": exc.detail}
     if exc.status_code in (204, 304):
         return Response(status_code=exc.status_code, headers=exc.headers)
+    headers = exc.headers
+    if exc.status_code == 405:
+        allowed = allowed_methods(request.app.router.routes, request.scope)
+        if allowed is not None:  # a routing 405: list what every route of the path serves
+            kept = {k: v for k, v in (headers or {}).items() if k.lower() != "allow"}
+            headers = {**kept, "Allow": ", ".join(allowed)}
     return problem_response(
-        request.scope, exc.status_code, detail=detail, headers=exc.headers, extra=extra
+        request.scope, exc.status_code, detail=detail, headers=headers, extra=extra
     )
 
 

@@ -1,4 +1,5 @@
-"""HEAD on the app's GET routes: the GET's status and headers, no body (RFC 9110 9.3.2)."""
+"""HTTP methods: HEAD on the app's GET routes (the GET's status and headers, no body) and
+the `Allow` list of a 405 (RFC 9110 9.3.2 and 15.5.6)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from fastapi import APIRouter, FastAPI, Response
+from fastapi import APIRouter, FastAPI, HTTPException, Response
 from fastapi.responses import StreamingResponse
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
@@ -194,3 +195,64 @@ async def test_openapi_lists_no_head_operations(app: FastAPI) -> None:
         document = (await client.get("/openapi.json")).json()
     methods = {method for operations in document["paths"].values() for method in operations}
     assert "head" not in methods
+
+
+@pytest.fixture
+def rest_app(tmp_path: Path) -> FastAPI:
+    """The usual FastAPI shape: one route per method on the same path."""
+    router = APIRouter(prefix="/things")
+
+    @router.get("")
+    async def list_things() -> list[int]:
+        return []
+
+    @router.post("")
+    async def add_thing() -> dict[str, int]:
+        return {"id": 1}
+
+    @router.put("/{thing_id}")
+    async def replace_thing(thing_id: int) -> dict[str, int]:
+        return {"id": thing_id}
+
+    @router.delete("/{thing_id}")
+    async def delete_thing(thing_id: int) -> None:
+        return None
+
+    @router.get("/frozen")
+    async def frozen() -> None:
+        raise HTTPException(405, "Frozen things cannot change.", headers={"Allow": "GET"})
+
+    app = FastAPI()
+    app.include_router(router, prefix="/api")
+    init_app_kernel(app, settings_for(tmp_path))
+    return app
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("PUT", "/api/things", "GET, HEAD, POST"),
+        ("GET", "/api/things/7", "PUT, DELETE"),
+        ("PATCH", "/api/things/7", "PUT, DELETE"),
+        ("DELETE", "/healthz", "GET, HEAD"),
+        ("POST", "/api/things/frozen", "GET, HEAD, PUT, DELETE"),  # /{thing_id} matches too
+    ],
+)
+async def test_a_405_lists_every_method_of_the_path(
+    rest_app: FastAPI, method: str, path: str, allow: str
+) -> None:
+    """Starlette listed only the first matching route's methods (``PUT /things``
+    said ``Allow: GET``); RFC 9110 asks for all the resource supports."""
+    async with serve(rest_app) as client:
+        response = await client.request(method, path)
+    assert response.status_code == 405
+    assert response.headers["allow"] == allow
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_an_endpoints_own_405_keeps_its_allow(rest_app: FastAPI) -> None:
+    async with serve(rest_app) as client:
+        response = await client.get("/api/things/frozen")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET"
+    assert response.json()["detail"] == "Frozen things cannot change."
