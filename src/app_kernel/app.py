@@ -31,7 +31,7 @@ from app_kernel.settings import KernelSettings
 from app_kernel.types import HealthCheck
 from app_kernel.web.docs import install_offline_docs
 from app_kernel.web.head_requests import HeadRequestMiddleware
-from app_kernel.web.route_warmup import prepare_routes
+from app_kernel.web.route_warmup import prepare_openapi, prepare_routes
 from app_kernel.web.stack import install_http_layer
 
 __all__ = ("create_service", "init_app_kernel")
@@ -120,6 +120,7 @@ def init_app_kernel(
             async with app_lifespan(application) as state:
                 # After the app's own start-up, which may still add routes.
                 await asyncio.to_thread(prepare_routes, tuple(app.router.routes))
+                await asyncio.to_thread(prepare_openapi, app)
                 yield state
         finally:
             await kernel.close()

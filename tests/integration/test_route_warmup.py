@@ -85,3 +85,23 @@ async def test_a_route_that_fails_the_probe_does_not_stop_start_up(
         prepared = probe.reads
         assert (await http.get("/api/thing")).status_code == 200
     assert probe.reads == prepared  # the routes after it were still prepared
+
+
+async def test_the_openapi_document_is_built_before_serving(app: FastAPI) -> None:
+    assert app.openapi_schema is None
+    async with running(app), client(app) as http:
+        built = app.openapi_schema
+        assert built is not None
+        document = (await http.get("/openapi.json")).json()
+    assert "/api/thing" in document["paths"]
+    assert app.openapi_schema is built  # served from what start-up built
+
+
+async def test_a_document_that_cannot_be_built_does_not_stop_start_up(app: FastAPI) -> None:
+    def broken() -> dict[str, object]:
+        msg = "this schema cannot be built"
+        raise TypeError(msg)
+
+    app.openapi = broken  # type: ignore[method-assign]
+    async with running(app), client(app) as http:
+        assert (await http.get("/api/thing")).status_code == 200
