@@ -271,3 +271,15 @@ async def test_store_failure_is_backend_unavailable(tmp_path: Path) -> None:
             await audit.query()
     finally:
         await database.close()
+
+
+async def test_metadata_holding_nul_or_lone_surrogates_is_stored_on_both_databases(
+    audit: AuditLogger,
+) -> None:
+    """Metadata text is stored as ids are: NUL and lone surrogates become U+FFFD."""
+    await audit.log(
+        "file.read", metadata={"name": "report\x00.pdf", "note\ud800": ["x\udfff", {"k": "\x00"}]}
+    )
+    (event,) = await audit.query(action="file.read")
+    expected = {"name": "report\ufffd.pdf", "note\ufffd": ["x\ufffd", {"k": "\ufffd"}]}
+    assert event.metadata == expected

@@ -258,19 +258,20 @@ class SqlAuditStore:
 
 
 def _json_safe(value: Any, depth: int = 0) -> Any:
-    """A JSON-ready copy of ``value`` with credentials replaced by ``[redacted]``."""
+    """A JSON-ready copy of ``value`` with credentials replaced by ``[redacted]``, and
+    NUL and lone surrogates, which a database refuses, by U+FFFD."""
     if value is None or isinstance(value, bool | int):
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
     if isinstance(value, str):
-        return scrub_text(value)
+        return storable_text(scrub_text(value))
     if depth >= _MAX_METADATA_DEPTH:
         return _TRUNCATED
     if isinstance(value, Mapping):
         scrubbed: dict[str, Any] = {}
         for key, item in value.items():
-            name = str(key)[:_MAX_METADATA_KEY_LENGTH]
+            name = storable_text(str(key)[:_MAX_METADATA_KEY_LENGTH])
             scrubbed[name] = REDACTED if is_secret_key(name) else _json_safe(item, depth + 1)
         return scrubbed
     if isinstance(value, list | tuple | set | frozenset):
@@ -279,7 +280,7 @@ def _json_safe(value: Any, depth: int = 0) -> Any:
         return value.isoformat()
     if isinstance(value, enum.Enum):
         return _json_safe(value.value, depth + 1)
-    return scrub_text(str(value))
+    return storable_text(scrub_text(str(value)))
 
 
 def _size(value: Any) -> int:
