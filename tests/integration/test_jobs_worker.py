@@ -345,6 +345,34 @@ async def test_sys_exit_and_keyboard_interrupt_fail_the_attempt_only(
     assert worker.is_running
 
 
+async def test_lone_surrogates_in_payload_result_and_error_come_back_unchanged(
+    harness: Harness, registry: JobRegistry
+) -> None:
+    """Text with a lone surrogate (``json.loads`` makes it from ``"\\ud800"``) has
+    no UTF-8 form; the stores keep it anyway, so the job runs as enqueued."""
+    seen: list[dict[str, Any]] = []
+
+    @registry.task("echo", max_attempts=1)
+    async def echo(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+        seen.append(payload)
+        return payload
+
+    @registry.task("complains", max_attempts=1)
+    async def complains(payload: dict[str, Any], ctx: JobContext) -> None:
+        raise ValueError("broken \udfff input")
+
+    worker = await harness.start_worker()
+    payload = {"text": "a\ud800b", "\udfff": 1}
+    echoed = await harness.client.enqueue("echo", payload)
+    failed = await harness.client.enqueue("complains", {})
+    info = await harness.finished(echoed.job_id)
+    assert (info.status, info.result, seen) == ("succeeded", payload, [payload])
+    info = await harness.finished(failed.job_id)
+    assert info.status == "dead"
+    assert "broken \udfff input" in (info.error or "")
+    assert worker.is_running
+
+
 # --- callbacks, priorities, delays, cancellation ------------------------------------------
 
 

@@ -141,7 +141,9 @@ class JobClient:
             msg = f"payload: expected a dict (a JSON object), got {type(payload).__name__}"
             raise InvalidJobError(msg)
         payload_json = to_json(dict(payload), "payload")
-        size = len(payload_json.encode("utf-8"))
+        # As the stores keep it: a lone surrogate (json.loads makes one of "\ud800")
+        # has no UTF-8 form, and the backends write such text with surrogatepass.
+        size = len(payload_json.encode("utf-8", "surrogatepass"))
         if size > self.settings.max_payload_bytes:
             msg = (
                 f"payload is {size} bytes of JSON, over jobs.max_payload_bytes "
