@@ -64,7 +64,16 @@ async def test_api_key_text_with_control_characters_is_422(
     assert await kernel.auth.api_keys.list() == []
 
 
-@pytest.mark.parametrize("email", ["a\x00@example.com", "a@exa\x00mple.com", "a@example.com\r"])
+@pytest.mark.parametrize(
+    "email",
+    [
+        "a\x00@example.com",
+        "a@exa\x00mple.com",
+        "a@example.com\r",
+        "pay\u200bpal@example.com",  # zero-width space: looks like another address
+        "a@exa\u202emple.com",  # right-to-left override
+    ],
+)
 async def test_signup_email_with_control_characters_is_422(
     served: tuple[Kernel, httpx.AsyncClient, str], email: str
 ) -> None:
@@ -75,7 +84,15 @@ async def test_signup_email_with_control_characters_is_422(
 
 
 @pytest.mark.parametrize(
-    "email", ["not-an-email", "a b@example.com", "a@exa\x00mple.com", "a@" * 200]
+    "email",
+    [
+        "not-an-email",
+        "a b@example.com",
+        "a@exa\x00mple.com",
+        "a@" * 200,
+        "a\udcff@example.com",  # a byte that was not UTF-8 in a command-line argument
+        "pay\u200bpal@example.com",
+    ],
 )
 async def test_create_user_refuses_a_malformed_email(
     served: tuple[Kernel, httpx.AsyncClient, str], email: str

@@ -43,7 +43,8 @@ class InvalidEmail(KernelError, ValueError):
 
 EMAIL_PATTERN = r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+$"
 """What an email address must look like: something, ``@``, something; no spaces or
-control characters. Deliverability is the app's concern."""
+control characters. :func:`check_email` also refuses invisible characters.
+Deliverability is the app's concern."""
 _EMAIL = re.compile(EMAIL_PATTERN)
 _MAX_EMAIL = 320
 
@@ -61,10 +62,17 @@ def check_email(email: str | None) -> str:
     text = email.strip() if isinstance(email, str) else None
     if text == "":
         return ""
-    if text is None or len(text) > _MAX_EMAIL or not _EMAIL.match(text):
+    if (
+        text is None
+        or len(text) > _MAX_EMAIL
+        or not _EMAIL.match(text)
+        # Invisible (zero-width, direction overrides) and unstorable (lone
+        # surrogates) characters, which the pattern's ASCII classes let through.
+        or not text.isprintable()
+    ):
         msg = (
             "an email address reads name@domain, at most 320 characters, "
-            f"without spaces or control characters; got {email!r:.80}"
+            f"without spaces, control or invisible characters; got {email!r:.80}"
         )
         raise InvalidEmail(msg)
     return text
