@@ -19,6 +19,10 @@ def _parse(value: str) -> IPAddress | None:
         value = value[1 : value.index("]")]
     elif value.count(":") == 1:
         value = value.split(":", 1)[0]
+    if ":" in value:
+        # An IPv6 zone index (fe80::1%eth0) names an interface of the sender's
+        # host, not part of the client's address; its text has no bound.
+        value = value.split("%", 1)[0]
     try:
         return ipaddress.ip_address(value)
     except ValueError:
