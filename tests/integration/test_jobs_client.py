@@ -211,6 +211,37 @@ async def test_dead_jobs_can_be_listed_retried_and_purged(kernel: Kernel) -> Non
     assert await client.get_job(ids[1]) is None
 
 
+@pytest.mark.parametrize(
+    ("options", "text"),
+    [
+        ({"limit": 0}, "limit"),
+        ({"limit": -1}, "limit"),
+        ({"limit": 10**20}, "limit"),
+        ({"offset": -1}, "offset"),
+        ({"offset": 10**20}, "offset"),
+        ({"limit": True}, "limit"),
+    ],
+)
+async def test_list_dead_refuses_a_page_out_of_range(
+    kernel: Kernel, options: dict[str, Any], text: str
+) -> None:
+    """SQLite read a limit of 0 or below as no limit and Redis as the whole list;
+    numbers past 64 bits raised OverflowError (SQLite) or a Lua error (Redis)."""
+    ids = [(await kernel.jobs.enqueue("plain", {}, max_attempts=1)).job_id for _ in range(2)]
+    for claimed in await kernel.job_queue.claim("test-worker", 2, lease_seconds=5):
+        await kernel.job_queue.fail(
+            claimed.job_id,
+            claimed.token,
+            error="boom",
+            traceback=None,
+            retry_delay_seconds=1.0,
+            dead_ttl_seconds=60,
+        )
+    assert len(await kernel.jobs.list_dead()) == len(ids)
+    with pytest.raises(InvalidJobError, match=text):
+        await kernel.jobs.list_dead(**options)
+
+
 def test_accessors_need_a_kernel() -> None:
     with pytest.raises(KernelNotInitialized, match="get_job_client"):
         get_job_client()

@@ -34,7 +34,7 @@ from app_kernel.settings import JobSettings
 if TYPE_CHECKING:
     from app_kernel.observability.metrics import Metrics
 
-__all__ = ("MAX_JOB_ID_LENGTH", "EnqueueResult", "JobClient", "to_json")
+__all__ = ("MAX_DEAD_PAGE", "MAX_JOB_ID_LENGTH", "EnqueueResult", "JobClient", "to_json")
 
 MAX_JOB_ID_LENGTH = 128
 
@@ -49,6 +49,11 @@ class EnqueueResult:
     priority: Priority
     enqueued_at: float
     deduplicated: bool = False
+
+
+MAX_DEAD_PAGE = 1000
+"""The most dead jobs :meth:`JobClient.list_dead` returns at once."""
+MAX_DEAD_OFFSET = 10**9
 
 
 def to_json(value: Any, what: str) -> str:
@@ -302,7 +307,20 @@ class JobClient:
         return await self.queue.cancel(job_id)
 
     async def list_dead(self, limit: int = 100, offset: int = 0) -> list[JobInfo]:
-        """Dead jobs, most recent first."""
+        """Dead jobs, most recent first: ``limit`` (1 to 1,000) from ``offset``.
+
+        Raises:
+            InvalidJobError: ``limit`` or ``offset`` out of range. The stores
+                read a limit of 0 or below differently (SQLite: no limit;
+                Redis: to the end of the list), so neither is passed on.
+        """
+        for name, value, low, high in (
+            ("limit", limit, 1, MAX_DEAD_PAGE),
+            ("offset", offset, 0, MAX_DEAD_OFFSET),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                msg = f"{name}: expected a whole number from {low} to {high:,}, got {value!r}"
+                raise InvalidJobError(msg)
         return await self.queue.list_dead(limit=limit, offset=offset)
 
     async def retry_dead(self, job_id: str | None = None) -> int:

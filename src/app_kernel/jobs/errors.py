@@ -45,7 +45,7 @@ class TaskRegistrationError(JobError, ValueError):
 
 
 class InvalidJobError(JobError, ValueError):
-    """An enqueue call was refused before anything was written."""
+    """A jobs call was refused for a bad argument, before anything was read or written."""
 
 
 class Retry(Exception):
