@@ -114,3 +114,16 @@ async def test_create_user_keeps_no_email_and_trims_edges(
     record = await kernel.auth.users.get_by_username("newcomer")
     assert record is not None
     assert record["email"] == stored
+
+
+async def test_listing_users_past_64_bits_is_empty_on_both_databases(
+    served: tuple[Kernel, httpx.AsyncClient, str],
+) -> None:
+    """An offset past 64 bits raised OverflowError (SQLite) or a range error
+    (PostgreSQL); the store bounds it as it bounds the limit."""
+    kernel, _, _ = served
+    store = kernel.auth.sql_users
+    assert store is not None
+    assert len(await store.list_users()) == 1
+    assert await store.list_users(offset=2**64) == []
+    assert await store.list_users(offset=10**9) == []

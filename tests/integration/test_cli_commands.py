@@ -139,3 +139,34 @@ def test_serve_runs_the_example_under_uvicorn(tmp_path: Path) -> None:
     assert "Application shutdown complete" in log_text
     # The default data folder is relative to the working directory, not the repo.
     assert (tmp_path / ".app_kernel" / "app.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["serve", "cli_probe_app:app", "--port", "70000"], "--port"),  # uvicorn bound 4464
+        (["serve", "cli_probe_app:app", "--port", "0"], "--port"),
+        (["serve", "cli_probe_app:app", "--workers", "0"], "--workers"),  # ran one
+        (["worker", "cli_probe_app:app", "--metrics-port", "-1"], "--metrics-port"),
+        (["worker", "cli_probe_app:app", "--concurrency", "0"], "--concurrency"),
+        (["jobs", "dead", "--limit", "0"], "--limit"),  # SQLite: no limit; Redis: all
+        (["jobs", "dead", "--offset", str(2**64)], "--offset"),  # OverflowError
+        (["users", "list", "--offset", "-1"], "--offset"),
+        (["users", "list", "--limit", "ten"], "--limit"),
+    ],
+)
+def test_numbers_out_of_range_are_refused_before_anything_runs(
+    app_dir: Path, args: list[str], option: str
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "app_kernel", *args],
+        cwd=app_dir,
+        env=_env(DEBUG="true"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert f"argument {option}: expected a whole number" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -40,6 +40,7 @@ _FIELDS = (
     users_table.c.is_active,
     users_table.c.created_at,
 )
+_MAX_OFFSET = 10**9
 
 
 def _record(row: Any) -> dict[str, Any]:
@@ -134,7 +135,7 @@ class SqlUserStore:
             select(*_FIELDS)
             .order_by(users_table.c.created_at, users_table.c.id)
             .limit(max(1, min(limit, 1000)))
-            .offset(max(0, offset))
+            .offset(max(0, min(offset, _MAX_OFFSET)))  # past 64 bits the driver raises
         )
         async with self.database.sessions() as session:
             rows = (await session.execute(query)).all()

@@ -21,6 +21,7 @@ from pydantic import BaseModel
 
 from app_kernel._runtime import kernel_of_app
 from app_kernel.cli import apikeys, jobs, users
+from app_kernel.cli._args import PORT, whole_number
 from app_kernel.cli._target import load_app
 from app_kernel.errors import KernelError, SettingsError
 from app_kernel.kernel import check_startup_settings
@@ -103,8 +104,8 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run MODULE:APP under uvicorn")
     serve.add_argument("app", help="the app to run, as MODULE:APP")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--workers", type=int, default=None)
+    serve.add_argument("--port", type=PORT, default=8000)
+    serve.add_argument("--workers", type=whole_number(1, 1024), default=None)
     serve.add_argument("--reload", action="store_true")
     serve.set_defaults(run=_serve)
 

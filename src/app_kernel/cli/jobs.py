@@ -8,8 +8,10 @@ import json
 import sys
 
 from app_kernel._runtime import kernel_of_app
+from app_kernel.cli._args import whole_number
 from app_kernel.cli._target import load_app, open_kernel
 from app_kernel.errors import KernelError
+from app_kernel.jobs.client import MAX_DEAD_PAGE
 from app_kernel.jobs.metrics import WorkerMetricsServer
 from app_kernel.jobs.worker import WorkerManager
 
@@ -90,16 +92,20 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     worker.add_argument("app", help="the app whose tasks to run, as MODULE:APP")
     worker.add_argument(
-        "--concurrency", type=int, default=None, help="jobs at once (default: jobs.worker_count)"
+        "--concurrency",
+        type=whole_number(1, 10_000),
+        default=None,
+        help="jobs at once (default: jobs.worker_count)",
     )
     worker.add_argument(
         "--queues", default=None, help="comma-separated priorities to serve, e.g. high,normal"
     )
     worker.add_argument(
         "--metrics-port",
-        type=int,
+        type=whole_number(0, 65535),
         default=None,
-        help="serve this worker's /metrics on this port (protected as features.protect_metrics)",
+        help="serve this worker's /metrics on this port (protected as features.protect_metrics;"
+        " 0 picks a free port, logged at start)",
     )
     worker.add_argument(
         "--metrics-host", default="127.0.0.1", help="address of --metrics-port (127.0.0.1)"
@@ -114,8 +120,8 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     status.set_defaults(run_async=_status)
 
     dead = sub.add_parser("dead", help="list dead jobs, most recent first (JSON lines)")
-    dead.add_argument("--limit", type=int, default=100)
-    dead.add_argument("--offset", type=int, default=0)
+    dead.add_argument("--limit", type=whole_number(1, MAX_DEAD_PAGE), default=100)
+    dead.add_argument("--offset", type=whole_number(0, 10**9), default=0)
     dead.set_defaults(run_async=_dead)
 
     for name, run, text in (
