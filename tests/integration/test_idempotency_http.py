@@ -172,6 +172,51 @@ async def test_replay_is_identical_and_marked(http: httpx.AsyncClient, counter: 
     assert counter.runs["orders"] == 1
 
 
+async def test_a_body_cut_short_by_a_disconnect_is_never_stored(
+    http: httpx.AsyncClient, built: tuple[FastAPI, Counter]
+) -> None:
+    """The client left mid-body; its retry with the whole body and the same key
+    must run, not meet the truncated request's stored answer (or a 422)."""
+    app = built[0]
+    incoming: list[dict[str, Any]] = [
+        {"type": "http.request", "body": b'{"x"', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return incoming.pop(0) if incoming else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/orders",
+        "raw_path": b"/orders",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [
+            (b"host", b"test"),
+            (b"content-length", b"7"),
+            (b"idempotency-key", KEY["Idempotency-Key"].encode()),
+        ],
+        "client": ("10.0.0.1", 1234),
+        "server": ("test", 80),
+    }
+    await app(scope, receive, send)
+    assert not any(m["type"] == "http.response.start" and m["status"] < 300 for m in sent)
+
+    retry = await http.post("/orders", content=b'{"x":1}', headers=KEY)
+    assert retry.status_code == 201
+    assert "idempotent-replayed" not in retry.headers
+    assert retry.json()["body"] == '{"x":1}'
+
+
 async def test_bare_token_key_and_patch(http: httpx.AsyncClient, counter: Counter) -> None:
     headers = {"Idempotency-Key": "bare-key-0001"}
     first = await http.patch("/orders/5", headers=headers)

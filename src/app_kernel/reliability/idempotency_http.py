@@ -307,16 +307,16 @@ class IdempotencyMiddleware:
             body += message.get("body", b"")
             if not message.get("more_body", False):
                 break
+        if messages[-1]["type"] != "http.request":
+            # The client left before its body ended: the app gets what came, as
+            # without the header, and nothing is claimed, run as complete or stored.
+            await self.app(scope, _replaying(messages, receive), send)
+            return
         exchange = _Exchange(self.service, self.identify, raw_keys, bytes(body))
         scope.setdefault("state", {})[_STATE_KEY] = exchange
-        replay: list[Message] = [{"type": "http.request", "body": bytes(body), "more_body": False}]
-        if messages[-1]["type"] != "http.request":
-            replay.append(messages[-1])
-
-        async def buffered_receive() -> Message:
-            if replay:
-                return replay.pop(0)
-            return await receive()
+        buffered_receive = _replaying(
+            [{"type": "http.request", "body": bytes(body), "more_body": False}], receive
+        )
 
         try:
             if self.all_routes:
@@ -372,6 +372,18 @@ class IdempotencyMiddleware:
             await send(message)
 
         return watching_send
+
+
+def _replaying(messages: list[Message], receive: Receive) -> Receive:
+    """``receive`` answering ``messages`` first, in order."""
+    pending = list(messages)
+
+    async def replaying_receive() -> Message:
+        if pending:
+            return pending.pop(0)
+        return await receive()
+
+    return replaying_receive
 
 
 async def _send_problem(scope: Scope, send: Send, exc: HTTPException) -> None:
