@@ -147,6 +147,16 @@ class TestMisuse:
         metrics.increment(first)
         assert samples(metrics)[(f"{first.replace('.', '_').replace('-', '_')}_total", ())] == 2
 
+    @pytest.mark.parametrize("kind", ["increment", "gauge", "histogram"])
+    def test_an_empty_tag_name_is_misuse(self, kind: str) -> None:
+        """prometheus_client takes it and writes ``x_total{="v"}``, which no
+        scraper parses: one bad tag would fail every scrape of the endpoint."""
+        metrics = Metrics()
+        with pytest.raises(MetricMisuse, match="tag name"):
+            getattr(metrics, kind)("x", 1, tags={"": "v"})
+        metrics.increment("y")
+        assert samples(metrics)[("y_total", ())] == 1
+
     def test_gauge_mode(self) -> None:
         metrics = Metrics()
         with pytest.raises(MetricMisuse, match="mode"):

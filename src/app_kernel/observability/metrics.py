@@ -355,6 +355,10 @@ class Metrics:
                 )
                 raise MetricMisuse(msg)
             return family
+        if not all(tagnames):
+            # prometheus_client would write ``{="v"}``, which fails every scrape.
+            msg = f"metric {name!r}: a tag name must not be empty"
+            raise MetricMisuse(msg)
         labelnames = tuple(_sanitize(tag) for tag in tagnames)
         if len(set(labelnames)) != len(labelnames):
             msg = f"metric {name!r}: tags {tagnames} collide once sanitised to {labelnames}"
