@@ -189,10 +189,10 @@ async def test_cancel_a_waiting_job(kernel: Kernel) -> None:
     assert not await kernel.jobs.cancel("missing")
 
 
-async def test_dead_jobs_can_be_listed_retried_and_purged(kernel: Kernel) -> None:
-    client = kernel.jobs
+async def _two_dead_jobs(kernel: Kernel) -> list[str]:
+    """Enqueue two jobs of one attempt each and fail both: their ids."""
     queue = kernel.job_queue
-    ids = [(await client.enqueue("plain", {"n": n}, max_attempts=1)).job_id for n in range(2)]
+    ids = [(await kernel.jobs.enqueue("plain", {"n": n}, max_attempts=1)).job_id for n in range(2)]
     for claimed in await queue.claim("test-worker", 2, lease_seconds=5):
         outcome = await queue.fail(
             claimed.job_id,
@@ -203,6 +203,12 @@ async def test_dead_jobs_can_be_listed_retried_and_purged(kernel: Kernel) -> Non
             dead_ttl_seconds=60,
         )
         assert outcome == "dead"
+    return ids
+
+
+async def test_dead_jobs_can_be_listed_retried_and_purged(kernel: Kernel) -> None:
+    client = kernel.jobs
+    ids = await _two_dead_jobs(kernel)
     assert {d.job_id for d in await client.list_dead()} == set(ids)
     assert await client.retry_dead(ids[0]) == 1
     assert (await client.get_job(ids[0])).status == "queued"  # type: ignore[union-attr]
@@ -227,16 +233,7 @@ async def test_list_dead_refuses_a_page_out_of_range(
 ) -> None:
     """SQLite read a limit of 0 or below as no limit and Redis as the whole list;
     numbers past 64 bits raised OverflowError (SQLite) or a Lua error (Redis)."""
-    ids = [(await kernel.jobs.enqueue("plain", {}, max_attempts=1)).job_id for _ in range(2)]
-    for claimed in await kernel.job_queue.claim("test-worker", 2, lease_seconds=5):
-        await kernel.job_queue.fail(
-            claimed.job_id,
-            claimed.token,
-            error="boom",
-            traceback=None,
-            retry_delay_seconds=1.0,
-            dead_ttl_seconds=60,
-        )
+    ids = await _two_dead_jobs(kernel)
     assert len(await kernel.jobs.list_dead()) == len(ids)
     with pytest.raises(InvalidJobError, match=text):
         await kernel.jobs.list_dead(**options)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-__all__ = ("PORT", "whole_number")
+__all__ = ("OFFSET", "PORT", "whole_number")
 
 
 def whole_number(low: int, high: int) -> Callable[[str], int]:
@@ -32,3 +32,5 @@ def whole_number(low: int, high: int) -> Callable[[str], int]:
 
 PORT = whole_number(1, 65535)
 """A TCP port to listen on."""
+OFFSET = whole_number(0, 10**9)
+"""Where a listing starts."""

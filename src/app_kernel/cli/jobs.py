@@ -8,7 +8,7 @@ import json
 import sys
 
 from app_kernel._runtime import kernel_of_app
-from app_kernel.cli._args import whole_number
+from app_kernel.cli._args import OFFSET, whole_number
 from app_kernel.cli._target import load_app, open_kernel
 from app_kernel.errors import KernelError
 from app_kernel.jobs.client import MAX_DEAD_PAGE
@@ -121,7 +121,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
     dead = sub.add_parser("dead", help="list dead jobs, most recent first (JSON lines)")
     dead.add_argument("--limit", type=whole_number(1, MAX_DEAD_PAGE), default=100)
-    dead.add_argument("--offset", type=whole_number(0, 10**9), default=0)
+    dead.add_argument("--offset", type=OFFSET, default=0)
     dead.set_defaults(run_async=_dead)
 
     for name, run, text in (

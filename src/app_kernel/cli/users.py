@@ -9,7 +9,7 @@ import sys
 
 from app_kernel.auth.passwords import check_password_policy
 from app_kernel.auth.store import UserAdminStore, UserStoreMissingFeature
-from app_kernel.cli._args import whole_number
+from app_kernel.cli._args import OFFSET, whole_number
 from app_kernel.cli._target import open_kernel
 from app_kernel.errors import KernelError
 from app_kernel.kernel import Kernel
@@ -127,7 +127,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     listing = sub.add_parser("list", help="list users")
     listing.add_argument("--limit", type=whole_number(1, 1000), default=100)
-    listing.add_argument("--offset", type=whole_number(0, 10**9), default=0)
+    listing.add_argument("--offset", type=OFFSET, default=0)
     listing.set_defaults(run_async=_list)
 
     password = sub.add_parser("set-password", help="replace a password; ends earlier tokens")

@@ -308,8 +308,8 @@ class IdempotencyMiddleware:
             if not message.get("more_body", False):
                 break
         if messages[-1]["type"] != "http.request":
-            # The client left before its body ended: the app gets what came, as
-            # without the header, and nothing is claimed, run as complete or stored.
+            # The client left before its body ended: the app gets what came, as it
+            # would without the header, and nothing is claimed or stored.
             await self.app(scope, _replaying(messages, receive), send)
             return
         exchange = _Exchange(self.service, self.identify, raw_keys, bytes(body))

@@ -25,8 +25,6 @@ from app_kernel.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ("HeadRequestMiddleware",)
 
-_DISCONNECT: Message = {"type": "http.disconnect"}
-
 
 class _AnswerComplete(OSError):
     """Raised by ``send`` once the HEAD answer is complete (ASGI 2.4: a gone client)."""
@@ -66,7 +64,7 @@ class HeadRequestMiddleware:
 
         async def head_receive() -> Message:
             if complete.is_set():
-                return _DISCONNECT
+                return _disconnect()
             return await _first_of(receive(), complete)
 
         try:
@@ -102,7 +100,11 @@ async def _first_of(receiving: Awaitable[Message], complete: asyncio.Event) -> M
         ended.cancel()
         if not message.done():
             message.cancel()
-    return message.result() if message.done() and not message.cancelled() else _DISCONNECT
+    return message.result() if message.done() and not message.cancelled() else _disconnect()
+
+
+def _disconnect() -> Message:
+    return {"type": "http.disconnect"}  # a new dict each time: the app may change it
 
 
 def _matches(route: BaseRoute, scope: Scope) -> bool:
