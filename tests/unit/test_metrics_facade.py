@@ -157,6 +157,23 @@ class TestMisuse:
         metrics.increment("y")
         assert samples(metrics)[("y_total", ())] == 1
 
+    @pytest.mark.parametrize("value", [-1, float("nan"), float("inf")])
+    def test_a_counter_takes_only_finite_amounts_of_at_least_zero(self, value: float) -> None:
+        """A NaN or infinite amount would stay in the counter for good."""
+        metrics = Metrics()
+        metrics.increment("c")
+        with pytest.raises(MetricMisuse, match="finite amount"):
+            metrics.increment("c", value)
+        assert samples(metrics)[("c_total", ())] == 1
+
+    @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+    def test_a_histogram_takes_only_finite_values(self, value: float) -> None:
+        metrics = Metrics()
+        metrics.histogram("h", 0.5)
+        with pytest.raises(MetricMisuse, match="finite value"):
+            metrics.histogram("h", value)
+        assert samples(metrics)[("h_sum", ())] == 0.5
+
     def test_gauge_mode(self) -> None:
         metrics = Metrics()
         with pytest.raises(MetricMisuse, match="mode"):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import re
 import threading
 import time
@@ -220,7 +221,16 @@ class Metrics:
         self._help[name] = text
 
     def increment(self, name: str, value: float = 1, tags: Tags | None = None) -> None:
-        """Add ``value`` (at least 0) to the counter ``name``."""
+        """Add ``value`` (finite, at least 0) to the counter ``name``.
+
+        Raises:
+            MetricMisuse: a negative, NaN or infinite ``value``. prometheus_client
+                refuses only negatives, and a counter given NaN or infinity keeps
+                it for good (so does every ``rate()`` over it).
+        """
+        if not (value >= 0 and math.isfinite(value)):
+            msg = f"counter {name!r}: expected a finite amount of at least 0, got {value!r}"
+            raise MetricMisuse(msg)
         child = self._child("counter", name, tags)
         if child is not None:
             child.inc(value)
@@ -242,7 +252,15 @@ class Metrics:
             child.inc(delta)
 
     def histogram(self, name: str, value: float, tags: Tags | None = None) -> None:
-        """Record ``value`` in the histogram ``name`` (Prometheus' default buckets)."""
+        """Record ``value`` in the histogram ``name`` (Prometheus' default buckets).
+
+        Raises:
+            MetricMisuse: a NaN or infinite ``value``, which would leave the
+                histogram's sum at NaN or infinity for good.
+        """
+        if not math.isfinite(value):
+            msg = f"histogram {name!r}: expected a finite value, got {value!r}"
+            raise MetricMisuse(msg)
         self._observe(name, value, tags, timer=False)
 
     def timer(self, name: str, tags: Tags | None = None) -> Timer:
