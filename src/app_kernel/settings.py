@@ -60,6 +60,8 @@ _HOST = re.compile(r"(\*\.)?[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?|\[[0-9A-Fa-f:.]
 _ORIGIN = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s@]+")
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+UNIX_PEER = "unix"
+"""The ``http.trusted_proxies`` entry for a proxy connected over a Unix socket."""
 
 
 def _from_env(var: str, parser: Callable[[str, str], T], default: T) -> Any:
@@ -505,7 +507,8 @@ class HttpSettings(_Settings):
     max_body_bytes: int = Field(default=1_048_576, gt=0)
     """Largest request body accepted; larger ones get 413."""
     trusted_proxies: tuple[str, ...] = ()
-    """Peers (addresses or CIDR ranges) whose forwarding headers are believed."""
+    """Peers (addresses or CIDR ranges) whose forwarding headers are believed;
+    ``unix`` trusts a proxy on a Unix socket, whose requests have no peer address."""
     allowed_hosts: tuple[str, ...] = ("*",)
     """Host header values accepted (``*.example.com`` allowed); others get 400."""
     readiness_timeout_seconds: float = Field(default=2.0, gt=0)
@@ -564,13 +567,21 @@ class HttpSettings(_Settings):
     @field_validator("trusted_proxies")
     @classmethod
     def _check_proxies(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        entries = []
         for entry in value:
+            if entry.strip().lower() == UNIX_PEER:
+                entries.append(UNIX_PEER)
+                continue
             try:
                 ipaddress.ip_network(entry, strict=False)
             except ValueError:
-                msg = f"expected IP addresses or CIDR ranges such as 10.0.0.0/8, got {entry!r}"
+                msg = (
+                    "expected IP addresses or CIDR ranges such as 10.0.0.0/8, or "
+                    f"{UNIX_PEER!r} for a proxy on a Unix socket, got {entry!r}"
+                )
                 raise ValueError(msg) from None
-        return value
+            entries.append(entry)
+        return tuple(entries)
 
     @model_validator(mode="after")
     def _check_cors(self) -> HttpSettings:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from _log_capture import configured_logging
 from app_kernel.web.client_ip import ClientIpResolver
 
 
@@ -35,3 +38,31 @@ def test_a_zone_index_does_not_make_a_trusted_proxy_untrusted() -> None:
     resolver = ClientIpResolver(["fe80::/64"])
     scope = _scope("fe80::2%eth0", (b"x-forwarded-for", b"203.0.113.9"))
     assert resolver(scope) == "203.0.113.9"
+
+
+def _socket_scope(*headers: tuple[bytes, bytes]) -> dict[str, object]:
+    """A request over a Unix socket: servers give it no client address."""
+    return {"type": "http", "client": None, "headers": list(headers)}
+
+
+def test_a_trusted_unix_socket_peer_forwards_the_client() -> None:
+    """nginx in front of a socket-bound server: without this, every anonymous
+    caller shared one client ("unknown"), so one rate-limit bucket."""
+    resolver = ClientIpResolver(["UNIX", "10.0.0.0/8"])
+    forwarded = (b"x-forwarded-for", b"198.51.100.7, 203.0.113.9")
+    assert resolver(_socket_scope(forwarded)) == "203.0.113.9"
+    assert resolver(_socket_scope((b"x-real-ip", b"203.0.113.4"))) == "203.0.113.4"
+    assert resolver(_socket_scope()) is None
+
+
+def test_an_untrusted_unix_socket_peer_forwards_nothing_and_says_so_once() -> None:
+    resolver = ClientIpResolver(["10.0.0.0/8"])
+    with configured_logging(fmt="json") as out:
+        assert resolver(_socket_scope((b"x-forwarded-for", b"203.0.113.9"))) is None
+        assert resolver(_socket_scope()) is None
+    (line,) = [json.loads(text) for text in out.getvalue().splitlines()]
+    assert line["level"] == "warning"
+    assert "add 'unix' to http.trusted_proxies" in line["event"]
+    # Trusting the socket trusts no network peer.
+    resolver = ClientIpResolver(["unix"])
+    assert resolver(_scope("198.51.100.7", (b"x-real-ip", b"203.0.113.9"))) == "198.51.100.7"

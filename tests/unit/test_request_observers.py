@@ -145,7 +145,13 @@ async def _check_idle_and_busy(
     assert _statuses(log_stream) == [201]
 
     async def call(path: str) -> None:
-        scope = {"type": "http", "method": "GET", "path": path, "headers": [], "client": None}
+        scope = {
+            "type": "http",
+            "method": "GET",
+            "path": path,
+            "headers": [],
+            "client": ("10.0.0.1", 1234),
+        }
         await call_asgi(middleware, scope)
 
     waiting = asyncio.create_task(call("/slow"))

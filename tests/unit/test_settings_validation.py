@@ -150,6 +150,12 @@ class TestFrozen:
             id="trusted-proxy-not-an-address",
         ),
         pytest.param(
+            lambda: HttpSettings(trusted_proxies=["unix:/run/app.sock"]),
+            "http.trusted_proxies: expected IP addresses or CIDR ranges such as 10.0.0.0/8, or "
+            "'unix'",
+            id="trusted-proxy-socket-path-instead-of-unix",
+        ),
+        pytest.param(
             lambda: HttpSettings(cors_origins=("https://app.example.com/",)),
             "http.cors_origins: expected '*' or origins such as https://app.example.com",
             id="cors-origin-with-a-trailing-slash-that-would-never-match",
@@ -347,6 +353,11 @@ def test_cors_origins_are_kept_as_browsers_send_them() -> None:
         "https://app.example.com:8443",
         "capacitor://localhost",
     )
+
+
+def test_trusted_proxies_take_addresses_ranges_and_the_unix_socket() -> None:
+    settings = HttpSettings(trusted_proxies=["10.0.0.1", "fd00::/8", " Unix "])
+    assert settings.trusted_proxies == ("10.0.0.1", "fd00::/8", "unix")
 
 
 def test_allowed_hosts_take_names_wildcards_and_ip_literals() -> None:
