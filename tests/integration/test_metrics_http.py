@@ -397,7 +397,8 @@ class TestTraceparent:
     @pytest.mark.parametrize(
         "value",
         [
-            f"01-{TRACE}-00f067aa0ba902b7-01",
+            f"ff-{TRACE}-00f067aa0ba902b7-01",
+            f"00-{TRACE}-00f067aa0ba902b7-01-more",
             f"00-{TRACE.upper()}-00f067aa0ba902b7-01",
             f"00-{'0' * 32}-00f067aa0ba902b7-01",
             f"00-{TRACE}-{'0' * 16}-01",

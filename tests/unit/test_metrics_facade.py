@@ -249,18 +249,29 @@ class TestAccessor:
 
 
 class TestTraceparent:
-    """Only the exact version-00 form is accepted."""
+    """The exact version-00 form, and later versions read as version 00."""
 
     GOOD = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-
-    def test_valid(self) -> None:
-        assert parse_traceparent(self.GOOD) == "4bf92f3577b34da6a3ce929d0e0e4736"
 
     @pytest.mark.parametrize(
         "value",
         [
+            GOOD,
+            # A later version: read its first four fields, as the W3C
+            # recommendation asks ("SHOULD try to parse it").
             "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-09-what-comes-next",
+        ],
+    )
+    def test_valid(self, value: str) -> None:
+        assert parse_traceparent(value) == "4bf92f3577b34da6a3ce929d0e0e4736"
+
+    @pytest.mark.parametrize(
+        "value",
+        [
             "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01extra",
+            "0-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",

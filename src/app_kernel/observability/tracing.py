@@ -6,8 +6,11 @@ version ``00`` (https://www.w3.org/TR/trace-context/#traceparent-header)::
     00-<32 lowercase hex trace id, not all zeros>-<16 lowercase hex parent id,
     not all zeros>-<2 lowercase hex flags>
 
-Anything else (another version, upper case, wrong lengths, all-zero ids, the
-header given twice) is ignored. A request without a valid header starts a new
+A later version (``01`` to ``fe``) is read the same way, and may carry more
+fields after the flags, as the recommendation asks of a version-00 reader
+("SHOULD try to parse it"). Anything else (version ``ff``, upper case, wrong
+lengths, all-zero ids, version ``00`` with more fields, the header given twice)
+is ignored. A request without a valid header starts a new
 trace: it gets a fresh random trace id, so every log line of every request,
 and every job it enqueues, carries one.
 """
@@ -29,18 +32,25 @@ __all__ = (
     "trace_id_of",
 )
 
-_TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}")
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}(-.*)?")
 _ZERO_TRACE = "0" * 32
 _ZERO_PARENT = "0" * 16
 _trace_id: ContextVar[str | None] = ContextVar("app_kernel_trace_id", default=None)
 
 
 def parse_traceparent(value: str) -> str | None:
-    """The trace id of a valid version-00 ``traceparent`` value, else None."""
+    """The trace id of a valid ``traceparent`` value (version 00, or a later one
+    read as version 00 is), else None."""
     match = _TRACEPARENT.fullmatch(value)
-    if match is None or match[1] == _ZERO_TRACE or match[2] == _ZERO_PARENT:
+    if (
+        match is None
+        or match[1] == "ff"  # forbidden by the recommendation
+        or (match[1] == "00" and match[4] is not None)  # version 00 has exactly four fields
+        or match[2] == _ZERO_TRACE
+        or match[3] == _ZERO_PARENT
+    ):
         return None
-    return match[1]
+    return match[2]
 
 
 def new_trace_id() -> str:
