@@ -196,7 +196,11 @@ def create_service(
 
     Raises:
         SettingsError: a setting or environment variable is invalid.
+        KernelError: an empty ``name`` or a malformed ``api_prefix``.
     """
+    if not isinstance(name, str) or not name.strip():
+        msg = f"name: expected the service's name (logs, docs title), got {name!r}"
+        raise KernelError(msg)
     if api_prefix and (not api_prefix.startswith("/") or api_prefix.endswith("/")):
         msg = f"api_prefix: expected a path such as '/api/v1', got {api_prefix!r}"
         raise KernelError(msg)

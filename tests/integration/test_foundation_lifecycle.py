@@ -264,6 +264,14 @@ def test_create_service_refuses_a_malformed_api_prefix(prefix: str) -> None:
         create_service("svc", [], config=ServiceConfig(debug=True), api_prefix=prefix)
 
 
+@pytest.mark.parametrize("name", ["", "   "])
+def test_create_service_refuses_an_empty_name(name: str) -> None:
+    """FastAPI's own check is an assert: gone under ``python -O``, and a bare
+    AssertionError otherwise."""
+    with pytest.raises(KernelError, match="name: expected"):
+        create_service(name, [], config=ServiceConfig(debug=True))
+
+
 _FREEZE_PROBE = """
 import asyncio, gc, sys, tempfile
 from fastapi import FastAPI
