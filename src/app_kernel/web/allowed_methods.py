@@ -16,7 +16,7 @@ from starlette.routing import BaseRoute, Match
 
 from app_kernel.types import Scope
 
-__all__ = ("allowed_methods",)
+__all__ = ("allowed_methods", "serves")
 
 # RFC 9110's methods and PATCH (RFC 5789), in the order ``Allow`` lists them.
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE")
@@ -36,13 +36,14 @@ def allowed_methods(routes: Sequence[BaseRoute], scope: Scope) -> list[str] | No
         if match is Match.PARTIAL:
             candidates.append(route)
     served = {
-        method for method in _METHODS if any(_serves(route, scope, method) for route in candidates)
+        method for method in _METHODS if any(serves(route, scope, method) for route in candidates)
     }
     if "GET" in served:
         served.add("HEAD")
     return [method for method in _METHODS if method in served]
 
 
-def _serves(route: BaseRoute, scope: Scope, method: str) -> bool:
+def serves(route: BaseRoute, scope: Scope, method: str) -> bool:
+    """True when ``route`` answers ``method`` on ``scope``'s path."""
     match, _ = route.matches({**scope, "method": method})
     return match is Match.FULL

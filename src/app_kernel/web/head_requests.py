@@ -19,9 +19,10 @@ import asyncio
 from collections.abc import Awaitable, Sequence
 
 from starlette.requests import ClientDisconnect
-from starlette.routing import BaseRoute, Match
+from starlette.routing import BaseRoute
 
 from app_kernel.types import ASGIApp, Message, Receive, Scope, Send
+from app_kernel.web.allowed_methods import serves
 
 __all__ = ("HeadRequestMiddleware",)
 
@@ -82,11 +83,9 @@ class HeadRequestMiddleware:
     def _only_get(self, scope: Scope) -> bool:
         """True when no route answers HEAD on this path but one answers GET."""
         routes = list(self.routes)
-        if any(_matches(route, scope) for route in routes):
+        if any(serves(route, scope, "HEAD") for route in routes):
             return False
-        get_scope = dict(scope)
-        get_scope["method"] = "GET"
-        return any(_matches(route, get_scope) for route in routes)
+        return any(serves(route, scope, "GET") for route in routes)
 
 
 async def _first_of(receiving: Awaitable[Message], complete: asyncio.Event) -> Message:
@@ -105,8 +104,3 @@ async def _first_of(receiving: Awaitable[Message], complete: asyncio.Event) -> M
 
 def _disconnect() -> Message:
     return {"type": "http.disconnect"}  # a new dict each time: the app may change it
-
-
-def _matches(route: BaseRoute, scope: Scope) -> bool:
-    match, _ = route.matches(scope)
-    return match is Match.FULL
