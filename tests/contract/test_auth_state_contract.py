@@ -20,6 +20,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from _redis_trips import count_redis_writes
+from _script_flush import flush_after_reloads
 from app_kernel._redis.client import close_redis
 from app_kernel._redis.keys import RedisKeys
 from app_kernel._sqlite.store import SqliteStore
@@ -359,6 +360,24 @@ async def test_redis_recovers_from_a_flushed_script_cache(
     await state.set_disabled("u", True, 60)
     assert await state.revoke_family(family) is True
     assert (await state.user_state("u")).disabled is True
+
+
+async def test_redis_survives_a_flush_between_reload_and_retry(
+    redis_client: redis.asyncio.Redis, redis_key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another client's ``SCRIPT FLUSH`` right after a reload costs one more reload."""
+    state = RedisAuthState(redis_client, RedisKeys(redis_key_prefix))
+    family = _id()
+    await state.start_family(family, "u", "j0", await state.now() + 60)
+    left = flush_after_reloads(monkeypatch, redis_client, times=1)
+
+    await redis_client.script_flush()
+    assert await state.rotate(family, "j0", "j1") is RotateOutcome.ROTATED
+    assert left == [0]
+    left[0] = 1
+    await redis_client.script_flush()
+    assert [c.count for c in await state.add_failure(["a", "b"], 60)] == [1, 1]  # pipelined
+    assert left == [0]
 
 
 async def test_redis_keys_carry_the_prefix_and_one_hash_tag(

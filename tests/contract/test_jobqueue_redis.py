@@ -19,6 +19,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
 
+from _script_flush import flush_after_reloads
 from app_kernel._redis.keys import RedisKeys
 from app_kernel.errors import BackendUnavailable
 from app_kernel.jobs.backends.base import JobSpec, Priority, RetryPolicy
@@ -207,6 +208,18 @@ async def test_scripts_are_reloaded_after_script_flush(
 
     assert not outcomes[0].deduplicated
     assert [job.job_id for job in jobs] == ["a", "b"]
+
+
+async def test_a_flush_between_reload_and_retry_costs_one_more_reload(
+    client: redis.asyncio.Redis, queue: RedisJobQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    left = flush_after_reloads(monkeypatch, client, times=1)
+    await client.script_flush()
+
+    outcomes = await queue.enqueue([_spec("a")])
+
+    assert left == [0]
+    assert [outcome.job_id for outcome in outcomes] == ["a"]
 
 
 # --- expiry ----------------------------------------------------------------------------

@@ -35,7 +35,9 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from _script_flush import flush_after_reloads
 from _services import free_port
+from app_kernel._redis.lua import NOSCRIPT_ATTEMPTS
 from app_kernel._redis.mux import LuaScript, RedisMultiplexer, RespProtocol
 
 # Busy-loops on the server for ARGV[1] microseconds (TIME is allowed in scripts
@@ -302,6 +304,33 @@ async def test_evalsha_reloads_after_script_flush(
     await admin.script_flush()
     replies = await asyncio.gather(*(mux.evalsha(script, [key], [i]) for i in range(20)))
     assert [reply[1] for reply in replies] == [str(i).encode() for i in range(20)]
+
+
+async def test_evalsha_survives_a_flush_between_reload_and_retry(
+    mux: RedisMultiplexer,
+    admin: redis.asyncio.Redis,
+    redis_key_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    script = LuaScript(f"return {{ARGV[1], '{uuid.uuid4().hex}'}}")  # not loaded yet
+    left = flush_after_reloads(monkeypatch, admin, times=NOSCRIPT_ATTEMPTS - 2)
+
+    assert (await mux.evalsha(script, [f"{redis_key_prefix}s"], ["a"]))[0] == b"a"
+    assert left == [0]
+
+
+async def test_evalsha_gives_up_when_every_reload_is_flushed(
+    mux: RedisMultiplexer,
+    admin: redis.asyncio.Redis,
+    redis_key_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    script = LuaScript(f"return {{ARGV[1], '{uuid.uuid4().hex}'}}")
+    left = flush_after_reloads(monkeypatch, admin, times=100)
+
+    with pytest.raises(NoScriptError):
+        await mux.evalsha(script, [f"{redis_key_prefix}s"], ["a"])
+    assert left == [100 - (NOSCRIPT_ATTEMPTS - 1)]  # a reload after every try but the last
 
 
 async def test_first_callers_share_one_connect(mux: RedisMultiplexer) -> None:

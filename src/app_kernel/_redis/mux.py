@@ -57,7 +57,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from app_kernel._redis.lua import encode
+from app_kernel._redis.lua import NOSCRIPT_ATTEMPTS, encode
 from app_kernel._redis.resp import CommandArg, check_command, error_from_reply, pack_command
 
 if TYPE_CHECKING:
@@ -483,7 +483,9 @@ class RedisMultiplexer:
         keys: Sequence[str | bytes] = (),
         args: Sequence[CommandArg] = (),
     ) -> Any:
-        """``EVALSHA`` of ``script``; after ``NOSCRIPT``, ``SCRIPT LOAD`` it and retry once.
+        """``EVALSHA`` of ``script``; after ``NOSCRIPT``, ``SCRIPT LOAD`` it and try again.
+
+        Up to :data:`~app_kernel._redis.lua.NOSCRIPT_ATTEMPTS` tries.
 
         Raises:
             as :meth:`execute`.
@@ -502,12 +504,15 @@ class RedisMultiplexer:
         Raises:
             as :meth:`execute`.
         """
-        try:
-            return await self._send(command)
-        except NoScriptError:
-            # The script cache was flushed (restart, SCRIPT FLUSH, failover).
-            await self._send(pack_command(("SCRIPT", "LOAD", script.text)))
-            return await self._send(command)
+        for attempt in range(1, NOSCRIPT_ATTEMPTS + 1):
+            try:
+                return await self._send(command)
+            except NoScriptError:
+                # The script cache was flushed (restart, SCRIPT FLUSH, failover).
+                if attempt == NOSCRIPT_ATTEMPTS:
+                    raise
+                await self._send(pack_command(("SCRIPT", "LOAD", script.text)))
+        raise AssertionError  # unreachable: the loop returns or raises
 
     async def aclose(self) -> None:
         """Close the connection and fail the calls waiting on it; idempotent.

@@ -27,7 +27,15 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import NoScriptError
 
 from app_kernel._redis.client import multiplexer_of
-from app_kernel._redis.lua import backend_errors, encode, read_lua, text, to_ms
+from app_kernel._redis.lua import (
+    NOSCRIPT_ATTEMPTS,
+    backend_errors,
+    encode,
+    read_lua,
+    run_script,
+    text,
+    to_ms,
+)
 from app_kernel.auth.state.base import FailureCount, RotateOutcome, UserRevocation
 
 if TYPE_CHECKING:
@@ -82,8 +90,7 @@ class RedisAuthState:
         return self._keys.key(_AREA, key, "fail")
 
     async def _call(self, script: AsyncScript, key: str, *args: bytes | int) -> Any:
-        # AsyncScript reloads the script and retries once on NOSCRIPT.
-        return await script(keys=[key], args=args)
+        return await run_script(script, [key], args)
 
     async def start_family(
         self, family_id: str, user_id: str, jti: str, family_expires_at: float
@@ -215,14 +222,14 @@ class RedisAuthState:
         """
         pending = list(range(len(redis_keys)))
         results: list[Any] = [None] * len(redis_keys)
-        for attempt in range(2):
+        for attempt in range(1, NOSCRIPT_ATTEMPTS + 1):
             async with self._redis.pipeline(transaction=False) as pipe:
                 for index in pending:
                     pipe.evalsha(script.sha, 1, redis_keys[index], *args)
                 replies = await pipe.execute(raise_on_error=False)
             missing: list[int] = []
             for index, reply in zip(pending, replies, strict=True):
-                if isinstance(reply, NoScriptError) and attempt == 0:
+                if isinstance(reply, NoScriptError) and attempt < NOSCRIPT_ATTEMPTS:
                     missing.append(index)
                 elif isinstance(reply, Exception):
                     raise reply

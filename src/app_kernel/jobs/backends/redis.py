@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from redis.exceptions import RedisError
 
+from app_kernel._redis.lua import run_script
 from app_kernel.errors import BackendUnavailable
 from app_kernel.jobs.backends.base import (
     CANCELLED_TTL_SECONDS,
@@ -246,8 +247,7 @@ class RedisJobQueue:
         return self._keys.key(_AREA, self.namespace, "job", job_id)
 
     async def _run(self, name: str, args: Sequence[bytes | int | str]) -> Any:
-        # AsyncScript sends EVALSHA and, on NOSCRIPT only, loads the script and retries.
-        return await self._scripts[name](keys=[self._base], args=args)
+        return await run_script(self._scripts[name], [self._base], args)
 
     # --- producing ---------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ is the service's digest of the caller's scope and Idempotency-Key, so keys are
 bounded in length whatever the client sent. Pending claims expire after the
 lock TTL (counted by the server), stored responses after the record TTL.
 Calls go through the client's pipelined connection, which reloads a script and
-retries once after ``NOSCRIPT``.
+tries again after ``NOSCRIPT``.
 """
 
 from __future__ import annotations

@@ -111,7 +111,7 @@ class RedisRateLimitBackend:
         member = pack_args([f"{self._member_prefix}{next(self._seq)}"])
         command = plan.head + member + (plan.record_tail if record else plan.peek_tail)
         try:
-            # EVALSHA; after a flushed script cache, loads the script and retries once.
+            # EVALSHA; after a flushed script cache, loads the script and tries again.
             reply = await self._mux.evalsha_packed(_HIT, command)
         except RedisError as exc:
             msg = f"Redis rate limit: {'hit' if record else 'peek'} failed: {exc}"
