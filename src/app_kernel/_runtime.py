@@ -3,11 +3,13 @@
 ``get_job_client()``, ``get_metrics()``, ``get_audit()`` and the other
 module-level accessors of the spec read the kernel set here by
 ``init_app_kernel``. Request-scoped code reads the kernel of its own app
-instead (:func:`kernel_of_app`), so several apps in one process stay apart.
+instead (:func:`kernel_of_scope`, :func:`kernel_of_app`), so several apps in one
+process stay apart.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from app_kernel.errors import KernelNotInitialized
@@ -15,7 +17,20 @@ from app_kernel.errors import KernelNotInitialized
 if TYPE_CHECKING:
     from app_kernel.kernel import Kernel
 
-__all__ = ("clear_current", "current_kernel", "kernel_of_app", "set_current")
+__all__ = (
+    "ENTRY_KEY",
+    "clear_current",
+    "current_kernel",
+    "kernel_of_app",
+    "kernel_of_scope",
+    "set_current",
+)
+
+ENTRY_KEY = "app_kernel_entry"
+"""``scope["state"]`` key of ``(app, root_path)``: the kernel's app and its root
+path, as the kernel's outermost middleware saw the request. Below an app mounted
+on it (``app.mount(...)``), ``scope["app"]`` and ``scope["root_path"]`` are the
+mounted app's."""
 
 _NOT_READY = (
     "init_app_kernel() has not been called in this process: call "
@@ -56,3 +71,10 @@ def kernel_of_app(app: Any) -> Kernel:
     if kernel is None:
         raise KernelNotInitialized(_NOT_READY.format(what="serving this request"))
     return kernel
+
+
+def kernel_of_scope(scope: Mapping[str, Any]) -> Kernel:
+    """The kernel serving a request: its app's, also inside an app mounted on that app."""
+    state = scope.get("state")
+    entry = state.get(ENTRY_KEY) if state is not None else None
+    return kernel_of_app(scope["app"] if entry is None else entry[0])

@@ -7,7 +7,10 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from starlette.applications import Starlette
+from starlette.routing import Mount, Route
 
+from app_kernel._runtime import ENTRY_KEY
 from app_kernel.reliability.ratelimit_deps import route_identity
 from app_kernel.web.request_context import route_template
 
@@ -147,3 +150,50 @@ def test_templates_and_rate_limit_identities(
         scope.pop("route")
     assert route_template(dict(scope)) == template
     assert route_identity(dict(scope)) == identity
+
+
+def _mounted_scope(entry_root: str, root_path: str, route: object, **extra: Any) -> dict[str, Any]:
+    """A request answered below ``app.mount`` s of the kernel app ``_KERNEL_APP``."""
+    return {
+        "type": "http",
+        "method": "GET",
+        "route": route,
+        "root_path": root_path,
+        "state": {ENTRY_KEY: (_KERNEL_APP, entry_root)},
+        **extra,
+    }
+
+
+_REPORTS = Starlette(routes=[Route("/daily/{day}", lambda request: None)])
+_TENANT = Starlette(routes=[Mount("/reports", app=_REPORTS), Mount("", app=_REPORTS)])
+_KERNEL_APP = SimpleNamespace(
+    routes=[Mount("", app=_REPORTS), Mount("/t/{tenant:str}", app=_TENANT)]
+)
+
+
+@pytest.mark.parametrize(
+    ("entry_root", "root_path", "route", "path", "template"),
+    [
+        ("", "/t/acme", _route("/items/{id}"), "/t/acme/items/1", "/t/{tenant}/items/{id}"),
+        (
+            "/svc",  # the kernel app itself mounted below another app at /svc
+            "/svc/t/acme/reports",
+            _route("/daily/{day}"),
+            "/svc/t/acme/reports/daily/mon",
+            "/t/{tenant}/reports/daily/{day}",
+        ),
+        ("", "/t/acme", None, "/t/acme/nowhere", "/t/{tenant}/{path}"),
+        ("", "/elsewhere", _route("/items/{id}"), "/elsewhere/items/1", "/items/{id}"),
+        ("/svc", "/svc", _route("/items/{id}"), "/svc/items/1", "/items/{id}"),
+    ],
+    ids=["one-mount", "nested-mounts", "no-route-below-the-mount", "unknown-mount", "no-mount"],
+)
+def test_templates_below_mounts_of_the_kernel_app(
+    entry_root: str, root_path: str, route: object, path: str, template: str
+) -> None:
+    params = {"tenant": "acme", "id": "1", "day": "mon"}
+    scope = _mounted_scope(entry_root, root_path, route, path=path, path_params=params)
+    if route is None:
+        scope.pop("route")
+    assert route_template(scope) == template
+    assert "acme" not in route_identity(scope)

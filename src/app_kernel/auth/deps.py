@@ -10,7 +10,7 @@ from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
 from fastapi.security.base import SecurityBase
 from starlette.requests import Request
 
-from app_kernel._runtime import kernel_of_app
+from app_kernel._runtime import kernel_of_scope
 from app_kernel.auth.errors import AuthError
 from app_kernel.auth.models import UserIdentity
 
@@ -37,7 +37,7 @@ async def identify_request(request: Request) -> UserIdentity | None:
     cached = state.get(_STATE_KEY)
     if cached is not None:
         return cached if isinstance(cached, UserIdentity) else None
-    user = await kernel_of_app(request.app).auth.identify(request)
+    user = await kernel_of_scope(request.scope).auth.identify(request)
     state[_STATE_KEY] = user if user is not None else False
     return user
 

@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.responses import JSONResponse, Response
 
-from app_kernel._runtime import kernel_of_app
+from app_kernel._runtime import kernel_of_scope
 from app_kernel.auth.deps import get_current_user, require_admin
 from app_kernel.auth.errors import AuthError
 from app_kernel.auth.models import UserIdentity
@@ -84,7 +84,7 @@ class ApiKeyCreate(BaseModel):
 
 
 def _service(request: Request) -> AuthService:
-    return kernel_of_app(request.app).auth
+    return kernel_of_scope(request.scope).auth
 
 
 async def _login_body(request: Request) -> LoginRequest:

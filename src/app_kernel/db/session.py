@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
 
-from app_kernel._runtime import kernel_of_app
+from app_kernel._runtime import kernel_of_scope
 
 __all__ = ("get_db_session",)
 
@@ -18,5 +18,5 @@ async def get_db_session(request: Request) -> AsyncIterator[AsyncSession]:
     The session is closed (and an uncommitted transaction rolled back) when the
     request ends; commit explicitly to keep changes.
     """
-    async with kernel_of_app(request.app).database.sessions() as session:
+    async with kernel_of_scope(request.scope).database.sessions() as session:
         yield session

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
-from app_kernel._runtime import kernel_of_app
+from app_kernel._runtime import kernel_of_scope
 from app_kernel.observability.audit import MAX_QUERY_LIMIT
 from app_kernel.observability.query_params import PageOffset, TextFilter, TimeBound
 
@@ -52,7 +52,7 @@ def audit_router(path: str, admin_dependency: Callable[..., Any]) -> APIRouter:
         offset: PageOffset = 0,
     ) -> dict[str, Any]:
         """Audit events matching every given filter, newest first."""
-        store = kernel_of_app(request.app).audit.store
+        store = kernel_of_scope(request.scope).audit.store
         # One more than asked tells whether another page exists.
         events = await store.query(
             actor_id=actor_id,

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 
-from app_kernel._runtime import kernel_of_app
+from app_kernel._runtime import kernel_of_scope
 
 if TYPE_CHECKING:
     from app_kernel.observability.metrics import Metrics
@@ -145,7 +145,7 @@ def metrics_router(path: str, guard: Callable[..., Any]) -> APIRouter:
 
     @router.get(path, dependencies=[Depends(guard)], include_in_schema=False)
     async def prometheus_metrics(request: Request) -> Response:
-        metrics = kernel_of_app(request.app).metrics
+        metrics = kernel_of_scope(request.scope).metrics
         body, content_type = await _render_in_thread(metrics, request.headers.get("accept", ""))
         return Response(body, media_type=content_type, headers={"Cache-Control": "no-store"})
 

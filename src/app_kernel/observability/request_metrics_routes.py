@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
-from app_kernel._runtime import kernel_of_app
+from app_kernel._runtime import kernel_of_scope
 from app_kernel.observability.query_params import (
     PageOffset,
     TextFilter,
@@ -82,7 +82,7 @@ def request_metrics_router(path: str, admin_dependency: Callable[..., Any]) -> A
     router = APIRouter(tags=["request metrics"], dependencies=[Depends(admin_dependency)])
 
     def store_of(request: Request) -> RequestMetricsStore:
-        return RequestMetricsStore(kernel_of_app(request.app).database)
+        return RequestMetricsStore(kernel_of_scope(request.scope).database)
 
     async def page(
         request: Request,

@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import HTTPException, Request, Response
 
 from app_kernel._ip_bucket import limit_bucket
-from app_kernel._runtime import kernel_of_app
+from app_kernel._runtime import kernel_of_scope
 from app_kernel.observability.route_template import full_template
 from app_kernel.reliability.backends.base import Limit, RateLimitResult
 from app_kernel.reliability.ratelimit import RateLimiter
@@ -42,7 +42,7 @@ async def caller_key(request: Request) -> str:
     route's own auth dependency answers 401 for it.
     """
     try:
-        user = await kernel_of_app(request.app).optional_user(request)
+        user = await kernel_of_scope(request.scope).optional_user(request)
     except HTTPException:
         user = None
     if user is not None:
@@ -103,7 +103,7 @@ def rate_limit(
     RateLimiter.remember_windows(limits)
 
     async def dependency(request: Request, response: Response) -> None:
-        kernel = kernel_of_app(request.app)
+        kernel = kernel_of_scope(request.scope)
         if key_func is None:
             caller = await caller_key(request)
         else:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 
-from app_kernel._runtime import kernel_of_app
+from app_kernel._runtime import kernel_of_scope
 from app_kernel.errors import BackendUnavailable
 from app_kernel.reliability.backends.base import RateLimitResult
 from app_kernel.reliability.ratelimit_deps import caller_key, too_many_requests_detail
@@ -70,7 +70,7 @@ class GlobalRateLimitMiddleware:
             await self.app(scope, receive, send)
             return
         request = Request(scope)
-        kernel = kernel_of_app(scope["app"])
+        kernel = kernel_of_scope(scope)
         identifier = f"global:{await caller_key(request)}"
         try:
             result = await kernel.rate_limiter.hit(identifier)

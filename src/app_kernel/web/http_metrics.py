@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from app_kernel._runtime import kernel_of_app
+from app_kernel._runtime import kernel_of_scope
 from app_kernel.web.request_context import route_template
 
 if TYPE_CHECKING:
@@ -67,7 +67,7 @@ class HttpMetricsObserver:
 
     def _metrics_of(self, scope: Scope) -> Metrics:
         if self._metrics is None:
-            metrics = kernel_of_app(scope["app"]).metrics
+            metrics = kernel_of_scope(scope).metrics
             describe_http_metrics(metrics)
             self._in_flight = metrics.gauge_series(IN_FLIGHT)
             self._metrics = metrics

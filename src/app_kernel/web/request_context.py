@@ -7,6 +7,7 @@ import re
 import time
 from collections.abc import Iterable, Sequence
 
+from app_kernel._runtime import ENTRY_KEY
 from app_kernel.observability.context import request_client_ip, request_id
 from app_kernel.observability.logging import HotPathLogger, get_logger
 from app_kernel.observability.request_outcome import (
@@ -93,6 +94,10 @@ class RequestContextMiddleware:
         state = scope.setdefault("state", {})
         state["request_id"] = rid
         state["client_ip"] = client_ip
+        # For code running below an app mounted on this one (see ENTRY_KEY); a
+        # kernel app mounted below another kernel app puts its own back after.
+        outer_entry = state.get(ENTRY_KEY)
+        state[ENTRY_KEY] = (scope.get("app"), scope.get("root_path", ""))
         header = (b"x-request-id", rid.encode("latin-1"))
         keep_error_body = self.keep_error_body
         status = 500
@@ -150,6 +155,8 @@ class RequestContextMiddleware:
             reset_trace_id(trace_token)
             request_client_ip.reset(ip_token)
             request_id.reset(id_token)
+            if outer_entry is not None:
+                state[ENTRY_KEY] = outer_entry
 
 
 def _is_json(headers: Iterable[tuple[bytes, bytes]]) -> bool:

@@ -32,7 +32,7 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
-from app_kernel._runtime import kernel_of_app
+from app_kernel._runtime import kernel_of_scope
 from app_kernel.errors import BackendUnavailable
 from app_kernel.observability.request_metrics import RequestMetricsObserver
 from app_kernel.observability.request_outcome import RequestObserver
@@ -87,7 +87,7 @@ def install_http_layer(app: FastAPI, settings: KernelSettings) -> None:
     if request_metrics.enabled:
         observers.append(
             RequestMetricsObserver(
-                recorder_of=lambda scope: kernel_of_app(scope["app"]).request_metrics,
+                recorder_of=lambda scope: kernel_of_scope(scope).request_metrics,
                 route_of=route_template,
                 exclude_paths=request_metrics.exclude_paths,
             )
