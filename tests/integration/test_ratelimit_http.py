@@ -83,6 +83,13 @@ def _app(settings: KernelSettings) -> FastAPI:
     async def keyed() -> dict[str, str]:
         return {"ok": "keyed"}
 
+    def by_missing_header(request: Request, user: Any) -> Any:
+        return request.headers.get("x-tenant")  # None without the header: an app bug
+
+    @app.get(f"{P}/tenant", dependencies=[Depends(rate_limit(5, 60, key_func=by_missing_header))])
+    async def tenant() -> dict[str, str]:
+        return {"ok": "tenant"}
+
     # Included routers: FastAPI 0.137+ keeps these routes without the include prefix.
     for prefix in (f"{P}/alpha", f"{P}/beta"):
         listing = APIRouter()
@@ -177,6 +184,18 @@ async def test_custom_key_function(http: httpx.AsyncClient) -> None:
     assert (await http.get(f"{P}/keyed", headers={"x-api-key": "a"})).status_code == 200
     assert (await http.get(f"{P}/keyed", headers={"x-api-key": "a"})).status_code == 429
     assert (await http.get(f"{P}/keyed", headers={"x-api-key": "b"})).status_code == 200
+
+
+async def test_a_key_function_returning_no_str_is_named_in_the_error(
+    http: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert (await http.get(f"{P}/tenant", headers={"x-tenant": "t1"})).status_code == 200
+
+    response = await http.get(f"{P}/tenant")
+
+    assert response.status_code == 500
+    assert response.headers["content-type"] == "application/problem+json"
+    assert "key_func _app.<locals>.by_missing_header returned None" in caplog.text
 
 
 async def test_ips_are_limited_apart(app: FastAPI) -> None:

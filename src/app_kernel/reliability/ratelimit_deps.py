@@ -85,8 +85,9 @@ def rate_limit(
     Args:
         requests: requests allowed per window.
         window: window length in seconds.
-        key_func: ``key_func(request, user)`` returning the identifier (sync or
-            async); by default the user id, else the client IP.
+        key_func: ``key_func(request, user)`` returning the identifier, a str
+            (sync or async; anything else fails the request with a ``TypeError``
+            naming the function); by default the user id, else the client IP.
         also: further ``(requests, window)`` limits, checked all-or-nothing
             with the first: a request refused by one consumes none.
         shadow: count and log refusals but let them through; the
@@ -112,7 +113,12 @@ def rate_limit(
             except HTTPException:
                 user = None
             value = key_func(request, user)
-            caller = "key:" + (await value if inspect.isawaitable(value) else value)
+            key = await value if inspect.isawaitable(value) else value
+            if not isinstance(key, str):
+                name = getattr(key_func, "__qualname__", repr(key_func))
+                msg = f"rate_limit key_func {name} returned {key!r}: expected a str identifier"
+                raise TypeError(msg)
+            caller = "key:" + key
         identifier = f"route:{route_identity(request.scope)}:{caller}"
         result = await kernel.rate_limiter.hit(
             identifier, limits[0].requests, limits[0].window_seconds, also=extra, shadow=shadow
