@@ -171,7 +171,21 @@ class RedisSettings(_Settings):
             msg = f"{expected} with a host and a numeric port, got {_hide_password(value)!r}"
             raise ValueError(msg)
         if parts.scheme == "unix" and not parts.path:
-            msg = f"{expected}; a unix:// URL needs a socket path, got {value!r}"
+            msg = f"{expected}; a unix:// URL needs a socket path, got {_hide_password(value)!r}"
+            raise ValueError(msg)
+        if parts.scheme != "unix" and not _REDIS_DB_PATH.fullmatch(parts.path):
+            # redis-py would ignore such a path and use database 0.
+            msg = (
+                f"{expected} whose path is a database number (redis://host:6379/0), "
+                f"got {_hide_password(value)!r}"
+            )
+            raise ValueError(msg)
+        problem = _redis_options_problem(value)
+        if problem is not None:
+            msg = (
+                f"{expected} whose options redis-py accepts ({problem}), "
+                f"got {_hide_password(value)!r}"
+            )
             raise ValueError(msg)
         return value
 
@@ -188,6 +202,23 @@ class RedisSettings(_Settings):
             msg = f"expected at most 64 characters, got {len(value)}"
             raise ValueError(msg)
         return value
+
+
+_REDIS_DB_PATH = re.compile(r"/?|/[0-9]+")
+
+
+def _redis_options_problem(url: str) -> str | None:
+    """What redis-py finds wrong in the URL's options (``?socket_timeout=abc``,
+    ``?no_such_option=1``), or None; None too without the ``redis`` package."""
+    try:
+        from redis.asyncio.connection import ConnectionPool
+    except ImportError:
+        return None
+    try:
+        ConnectionPool.from_url(url).make_connection()  # type: ignore[no-untyped-call]  # no I/O
+    except (TypeError, ValueError) as exc:
+        return str(exc)
+    return None
 
 
 def _hide_password(url: str) -> str:
@@ -753,8 +784,8 @@ def normalise_database_url(value: str) -> str:
     )
     try:
         url = make_url(value)
-    except ArgumentError:
-        msg = f"{expected}, got {value!r}"
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
+        msg = f"{expected}, got {_hide_password(value)!r}"
         raise ValueError(msg) from None
     backend, _, driver = url.drivername.partition("+")
     if backend == "postgres":

@@ -120,6 +120,27 @@ class TestFrozen:
             id="redis-url-bad-port",
         ),
         pytest.param(
+            # redis-py ignores such a path and uses database 0
+            lambda: RedisSettings(url="redis://localhost:6379/cache"),
+            "redis.url",
+            id="redis-url-path-not-a-database-number",
+        ),
+        pytest.param(
+            lambda: RedisSettings(url="redis://localhost:6379/0?socket_timeout=soon"),
+            "redis.url",
+            id="redis-url-option-with-a-bad-value",
+        ),
+        pytest.param(
+            lambda: RedisSettings(url="redis://localhost:6379/0?no_such_option=1"),
+            "redis.url",
+            id="redis-url-unknown-option",
+        ),
+        pytest.param(
+            lambda: RedisSettings(url="unix:///run/redis.sock?db=first"),
+            "redis.url",
+            id="redis-unix-url-bad-db",
+        ),
+        pytest.param(
             lambda: RedisSettings(key_prefix="app:{tenant}:"),
             "redis.key_prefix",
             id="braces-in-key-prefix",
@@ -138,6 +159,11 @@ class TestFrozen:
             lambda: KernelSettings(database_url="mysql://user@db/app"),
             "database_url",
             id="database-url-unsupported-driver",
+        ),
+        pytest.param(
+            lambda: KernelSettings(database_url="postgresql://app@db:fivefourthreetwo/app"),
+            "database_url",
+            id="database-url-port-not-a-number",
         ),
         pytest.param(
             lambda: KernelSettings(database_url="postgresql:///app"),
@@ -217,6 +243,37 @@ def test_redis_url_error_hides_the_password() -> None:
     with pytest.raises(SettingsError, match=r"redis\.url") as caught:
         RedisSettings(url="redis://:pa55word@cache:port/0")
     assert "pa55word" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["redis://:pa55word@cache:6379/nope", "redis://:pa55word@cache:6379/0?socket_timeout=x"],
+)
+def test_redis_url_path_and_option_errors_hide_the_password(url: str) -> None:
+    with pytest.raises(SettingsError, match=r"redis\.url") as caught:
+        RedisSettings(url=url)
+    assert "pa55word" not in str(caught.value)
+
+
+def test_database_url_error_hides_the_password() -> None:
+    with pytest.raises(SettingsError, match=r"database_url") as caught:
+        KernelSettings(database_url="postgresql://app:pa55word@db:port/app")
+    assert "pa55word" not in str(caught.value)
+    assert "expected an SQLAlchemy URL" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://cache:6379",
+        "redis://cache:6379/",
+        "redis://cache:6379/15?socket_keepalive=true",
+        "rediss://cache:6380/0",
+        "unix:///run/redis.sock?db=2",
+    ],
+)
+def test_good_redis_urls_pass(url: str) -> None:
+    assert RedisSettings(url=url).url == url
 
 
 def test_secret_field_error_does_not_echo_the_value() -> None:
