@@ -89,7 +89,7 @@ def _describe(section: str, exc: ValidationError, model: type[BaseModel] | None 
         var = _env_var(model, error["loc"])
         if var is not None and var not in message:
             name = f"{name} (env {var})"  # the user may have set only the variable
-        message = message.replace("Input should be", "expected")
+        message = message.replace("Input should be", "expected").replace("a valid tuple", "a list")
         if error["type"] != "value_error" and not _is_secret_loc(error["loc"]):
             message = f"{message}, got {error['input']!r}"
         lines.append(f"{name}: {message}")

@@ -398,6 +398,43 @@ class TestManifestKeys:
         with pytest.raises(SettingsError, match=r"reliability\.rate_limit_window_seconds"):
             KernelSettings.from_manifest(manifest)
 
+    @pytest.mark.parametrize(
+        ("text", "key", "lines"),
+        [
+            (
+                "observability:\n  log_level: WARNING\nredis:\n  key_prefix: a\n"
+                "observability:\n  access_log: false\n",
+                "observability",
+                "lines 1 and 5",
+            ),
+            ("redis:\n  key_prefix: a\n  key_prefix: b\n", "key_prefix", "lines 2 and 3"),
+        ],
+        ids=["section-twice", "key-twice-in-a-section"],
+    )
+    def test_a_key_written_twice_is_refused(
+        self, tmp_path: Path, text: str, key: str, lines: str
+    ) -> None:
+        """PyYAML keeps the last value: the first block's settings would vanish silently."""
+        manifest = tmp_path / "manifest.yaml"
+        manifest.write_text(text)
+        with pytest.raises(SettingsError, match=f"key '{key}' is written twice") as caught:
+            KernelSettings.from_manifest(manifest)
+        assert lines in str(caught.value)
+
+    def test_merged_keys_may_be_overridden(self, tmp_path: Path) -> None:
+        manifest = tmp_path / "manifest.yaml"
+        manifest.write_text(
+            "redis:\n  <<: {key_prefix: 'a:', max_connections: 5}\n  key_prefix: 'b:'\n"
+        )
+        redis = KernelSettings.from_manifest(manifest).redis
+        assert (redis.key_prefix, redis.max_connections) == ("b:", 5)
+
+    def test_a_single_path_where_a_list_belongs_says_so(self, tmp_path: Path) -> None:
+        manifest = tmp_path / "manifest.yaml"
+        manifest.write_text("observability:\n  request_metrics:\n    exclude_paths: /health\n")
+        with pytest.raises(SettingsError, match=r"exclude_paths: expected a list, got '/health'"):
+            KernelSettings.from_manifest(manifest)
+
     def test_missing_manifest(self, tmp_path: Path) -> None:
         with pytest.raises(SettingsError, match="cannot be read"):
             KernelSettings.from_manifest(tmp_path / "absent.yaml")

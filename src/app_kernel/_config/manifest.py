@@ -37,7 +37,7 @@ def load_manifest(path: str | Path, model: type[BaseModel]) -> dict[str, Any]:
         msg = f"manifest {str(file)!r}: cannot be read ({exc.strerror or exc})"
         raise SettingsError(msg) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
         msg = f"manifest {str(file)!r}: not valid YAML ({exc})"
         raise SettingsError(msg) from None
@@ -48,6 +48,35 @@ def load_manifest(path: str | Path, model: type[BaseModel]) -> dict[str, Any]:
         raise SettingsError(msg)
     _check_keys(data, model, prefix="", source=str(file))
     return data
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key written twice in one mapping.
+
+    YAML requires keys to be unique, but PyYAML keeps the last value: a second
+    ``observability:`` block would silently drop every setting of the first.
+    Keys brought in by a merge (``<<: *defaults``) may still be overridden.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                line = first_line.setdefault(key, key_node.start_mark.line)
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+            if line != key_node.start_mark.line:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key {key!r} is written twice (lines {line + 1} and "
+                    f"{key_node.start_mark.line + 1}); keep one",
+                    key_node.start_mark,
+                )
+        return super().construct_mapping(node, deep=deep)
 
 
 def _check_keys(data: Mapping[str, Any], model: type[BaseModel], prefix: str, source: str) -> None:
