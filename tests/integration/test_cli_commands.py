@@ -170,3 +170,57 @@ def test_numbers_out_of_range_are_refused_before_anything_runs(
     assert result.returncode == 2
     assert f"argument {option}: expected a whole number" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+_NOT_APPS = """\
+from fastapi import FastAPI
+
+number = 5
+plain = FastAPI()
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["check", "no_such_module:app"], "cannot import 'no_such_module'"),
+        (["check", "not_apps:number"], "(found 'int')"),
+        (["check", "not_apps:plain"], "(found 'FastAPI')"),
+        (["worker", "not_apps:number"], "not an app built with create_service()"),
+        (["serve", "not_apps:number", "--port", "1"], "(found 'int')"),
+        (["serve", "no_such_module:app", "--port", "1"], "cannot import 'no_such_module'"),
+    ],
+)
+def test_a_target_that_is_no_kernel_app_is_named_without_a_traceback(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    """``serve`` refuses before binding the port: uvicorn would serve any object."""
+    (tmp_path / "not_apps.py").write_text(_NOT_APPS)
+    result = subprocess.run(
+        [sys.executable, "-m", "app_kernel", *args],
+        cwd=tmp_path,
+        env=_env(DEBUG="true"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_import_error_inside_the_module_keeps_its_traceback(tmp_path: Path) -> None:
+    (tmp_path / "broken_app.py").write_text("import no_such_dependency\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "app_kernel", "check", "broken_app:app"],
+        cwd=tmp_path,
+        env=_env(DEBUG="true"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr
+    assert "No module named 'no_such_dependency'" in result.stderr

@@ -19,10 +19,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from app_kernel._runtime import kernel_of_app
 from app_kernel.cli import apikeys, jobs, users
 from app_kernel.cli._args import PORT, whole_number
-from app_kernel.cli._target import load_app
+from app_kernel.cli._target import load_kernel
 from app_kernel.errors import KernelError, SettingsError
 from app_kernel.kernel import check_startup_settings
 from app_kernel.observability.prometheus import MULTIPROC_ENV, fresh_multiproc_dir
@@ -68,8 +67,7 @@ def redacted_settings(settings: KernelSettings) -> dict[str, Any]:
 
 
 def _check(args: argparse.Namespace) -> int:
-    app = load_app(args.app)
-    settings = kernel_of_app(app).settings
+    settings = load_kernel(args.app).settings
     print(json.dumps(redacted_settings(settings), indent=2, default=str))
     check_startup_settings(settings)
     print("settings OK", file=sys.stderr)
@@ -83,6 +81,9 @@ def _serve(args: argparse.Namespace) -> int:
         # Metrics of several workers are merged through files in this directory;
         # the workers inherit the variable.
         os.environ[MULTIPROC_ENV] = fresh_multiproc_dir()
+    # Fail before binding the port when the target is no kernel app (uvicorn would
+    # serve anything callable). One worker imports the module once: it is cached.
+    load_kernel(args.app)
     uvicorn.run(
         args.app,
         host=args.host,

@@ -7,9 +7,8 @@ import asyncio
 import json
 import sys
 
-from app_kernel._runtime import kernel_of_app
 from app_kernel.cli._args import OFFSET, whole_number
-from app_kernel.cli._target import load_app, open_kernel
+from app_kernel.cli._target import load_kernel, open_kernel
 from app_kernel.errors import KernelError
 from app_kernel.jobs.client import MAX_DEAD_PAGE
 from app_kernel.jobs.metrics import WorkerMetricsServer
@@ -19,7 +18,7 @@ __all__ = ("add_parsers",)
 
 
 async def _worker(args: argparse.Namespace) -> int:
-    kernel = kernel_of_app(load_app(args.app))
+    kernel = load_kernel(args.app)
     queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
     try:
         manager = WorkerManager(kernel, concurrency=args.concurrency, queues=queues)
