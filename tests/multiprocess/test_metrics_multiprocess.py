@@ -189,6 +189,7 @@ def test_serve_with_workers_makes_a_metrics_dir(monkeypatch: pytest.MonkeyPatch)
     """``app-kernel serve --workers N`` sets PROMETHEUS_MULTIPROC_DIR to a fresh directory."""
     import uvicorn
 
+    import app_kernel.cli
     from app_kernel.cli import _serve
 
     seen: list[str | None] = []
@@ -199,6 +200,7 @@ def test_serve_with_workers_makes_a_metrics_dir(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(
         uvicorn, "run", lambda *a, **k: seen.append(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
     )
+    monkeypatch.setattr(app_kernel.cli, "load_kernel", lambda target: None)  # no module "m"
     args = argparse.Namespace(app="m:app", host="127.0.0.1", port=1, workers=2, reload=False)
     assert _serve(args) == 0
     directory = seen[0]
