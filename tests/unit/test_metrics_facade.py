@@ -174,6 +174,29 @@ class TestMisuse:
             metrics.histogram("h", value)
         assert samples(metrics)[("h_sum", ())] == 0.5
 
+    @pytest.mark.parametrize(
+        ("kind", "tag"), [("histogram", "le"), ("increment", "__name"), ("gauge", "__x")]
+    )
+    def test_a_reserved_tag_name_is_misuse_naming_it(self, kind: str, tag: str) -> None:
+        metrics = Metrics()
+        with pytest.raises(MetricMisuse, match=f"tag '{tag}' is reserved by Prometheus") as info:
+            getattr(metrics, kind)("x", 1, tags={tag: "v"})
+        assert "methe fric" not in str(info.value)  # prometheus_client's own typo
+
+    @pytest.mark.parametrize(
+        ("tags", "problem"),
+        [
+            ([("route", "/a")], "a mapping of tag name to value, got list"),
+            ({"route": ["/a", "/b"]}, "tag values are text or numbers, got list"),
+        ],
+    )
+    def test_tags_of_the_wrong_shape_are_misuse(self, tags: Any, problem: str) -> None:
+        metrics = Metrics()
+        with pytest.raises(MetricMisuse, match=problem):
+            metrics.increment("x", tags=tags)
+        metrics.increment("x", tags={"route": "/a"})
+        assert samples(metrics)[("x_total", (("route", "/a"),))] == 1
+
     def test_gauge_mode(self) -> None:
         metrics = Metrics()
         with pytest.raises(MetricMisuse, match="mode"):

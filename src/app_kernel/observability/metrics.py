@@ -317,8 +317,11 @@ class Metrics:
         cache_kind: str | None = None,
         timer: bool = False,
     ) -> Any:
-        key = (cache_kind or f"{kind}{mode}", name, tuple(tags.items()) if tags else ())
-        child = self._fast.get(key)
+        try:
+            key = (cache_kind or f"{kind}{mode}", name, tuple(tags.items()) if tags else ())
+            child = self._fast.get(key)
+        except (AttributeError, TypeError):  # not a mapping, or an unhashable value
+            raise MetricMisuse(_bad_tags(name, tags)) from None
         if child is not None:
             return child
         dropped: str | None = None
@@ -378,6 +381,17 @@ class Metrics:
             msg = f"metric {name!r}: a tag name must not be empty"
             raise MetricMisuse(msg)
         labelnames = tuple(_sanitize(tag) for tag in tagnames)
+        reserved = [
+            label
+            for label in labelnames
+            if label.startswith("__") or (kind == "histogram" and label == "le")
+        ]
+        if reserved:
+            msg = (
+                f"metric {name!r}: tag {reserved[0]!r} is reserved by Prometheus ('le' holds "
+                "a histogram's buckets, names starting with '__' are internal): rename it"
+            )
+            raise MetricMisuse(msg)
         if len(set(labelnames)) != len(labelnames):
             msg = f"metric {name!r}: tags {tagnames} collide once sanitised to {labelnames}"
             raise MetricMisuse(msg)
@@ -400,6 +414,23 @@ class Metrics:
         family = _Family(prom, name, kind, tagnames, labelnames, metric, mode)
         self._families[prom] = family
         return family
+
+
+def _bad_tags(name: str, tags: object) -> str:
+    if not isinstance(tags, Mapping):
+        return (
+            f"metric {name!r}: tags are a mapping of tag name to value, got {type(tags).__name__}"
+        )
+    kinds = sorted({type(value).__name__ for value in tags.values() if not _hashable(value)})
+    return f"metric {name!r}: tag values are text or numbers, got {', '.join(kinds)}"
+
+
+def _hashable(value: object) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
 
 
 def get_metrics() -> Metrics:
