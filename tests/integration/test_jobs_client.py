@@ -115,6 +115,13 @@ async def test_job_id_deduplicates_waiting_jobs(kernel: Kernel) -> None:
     assert second.deduplicated
 
 
+def _nested(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
 @pytest.mark.parametrize(
     ("task", "payload", "options", "error", "text"),
     [
@@ -132,6 +139,12 @@ async def test_job_id_deduplicates_waiting_jobs(kernel: Kernel) -> None:
         ("send_email", {}, {"max_attempts": 0}, InvalidJobError, "max_attempts"),
         ("send_email", {}, {"delay_seconds": -1}, InvalidJobError, "delay_seconds"),
         ("send_email", {}, {"metadata": {"x": {1, 2}}}, InvalidJobError, "metadata"),
+        ("send_email", {}, {"metadata": [("k", "v")]}, InvalidJobError, "metadata: expected"),
+        ("send_email", {}, {"metadata": {"big": "x" * 2000}}, InvalidJobError, "metadata is"),
+        ("send_email", _nested(5000), {}, InvalidJobError, "payload is nested too deeply"),
+        ("send_email", {}, {"user_id": "u" * 256}, InvalidJobError, "user_id"),
+        ("send_email", {}, {"user_id": "a\x00b"}, InvalidJobError, "user_id"),
+        ("send_email", {}, {"user_id": ""}, InvalidJobError, "user_id"),
     ],
 )
 async def test_bad_enqueues_fail_before_anything_is_written(

@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 __all__ = ("MAX_DEAD_PAGE", "MAX_JOB_ID_LENGTH", "EnqueueResult", "JobClient", "to_json")
 
 MAX_JOB_ID_LENGTH = 128
+MAX_USER_ID_LENGTH = 255
+"""The longest ``user_id`` a job takes (an OpenID Connect ``sub`` has at most 255)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +65,9 @@ def to_json(value: Any, what: str) -> str:
     except (TypeError, ValueError) as exc:
         msg = f"{what} is not JSON-serialisable: {exc}"
         raise InvalidJobError(msg) from exc
+    except RecursionError:
+        msg = f"{what} is nested too deeply to be encoded as JSON"
+        raise InvalidJobError(msg) from None
 
 
 class JobClient:
@@ -145,22 +150,15 @@ class JobClient:
         if not isinstance(payload, Mapping):
             msg = f"payload: expected a dict (a JSON object), got {type(payload).__name__}"
             raise InvalidJobError(msg)
-        payload_json = to_json(dict(payload), "payload")
-        # As the stores keep it: a lone surrogate (json.loads makes one of "\ud800")
-        # has no UTF-8 form, and the backends write such text with surrogatepass.
-        size = len(payload_json.encode("utf-8", "surrogatepass"))
-        if size > self.settings.max_payload_bytes:
-            msg = (
-                f"payload is {size} bytes of JSON, over jobs.max_payload_bytes "
-                f"({self.settings.max_payload_bytes}); store large data elsewhere and "
-                "enqueue a reference"
-            )
+        payload_json = self._capped_json(payload, "payload")
+        if metadata is not None and not isinstance(metadata, Mapping):
+            msg = f"metadata: expected a dict (a JSON object), got {type(metadata).__name__}"
             raise InvalidJobError(msg)
         meta = dict(metadata or {})
         trace_id = current_trace_id()
         if trace_id is not None and "trace_id" not in meta:
             meta["trace_id"] = trace_id
-        metadata_json = to_json(meta, "metadata")
+        metadata_json = self._capped_json(meta, "metadata")
         meta_timeout, meta_attempts = self._metadata(task_name)
         final_timeout = timeout if timeout is not None else meta_timeout
         if final_timeout is None:
@@ -182,6 +180,14 @@ class JobClient:
             raise InvalidJobError(msg)
         if user_id is not None and not isinstance(user_id, str):
             user_id = str(user_id)
+        if user_id is not None and (
+            not user_id or len(user_id) > MAX_USER_ID_LENGTH or not user_id.isprintable()
+        ):
+            msg = (
+                f"user_id: expected 1 to {MAX_USER_ID_LENGTH} printable characters, "
+                f"got {user_id[:40]!r}{'...' if len(user_id) > 40 else ''}"
+            )
+            raise InvalidJobError(msg)
         return JobSpec(
             job_id=job_id,
             task_name=task_name,
@@ -195,6 +201,21 @@ class JobClient:
             on_success=on_success,
             on_failure=on_failure,
         )
+
+    def _capped_json(self, value: Mapping[str, Any], what: str) -> str:
+        """``value`` as JSON text, refused over ``jobs.max_payload_bytes``."""
+        text = to_json(dict(value), what)
+        # As the stores keep it: a lone surrogate (json.loads makes one of "\ud800")
+        # has no UTF-8 form, and the backends write such text with surrogatepass.
+        size = len(text.encode("utf-8", "surrogatepass"))
+        if size > self.settings.max_payload_bytes:
+            msg = (
+                f"{what} is {size} bytes of JSON, over jobs.max_payload_bytes "
+                f"({self.settings.max_payload_bytes}); store large data elsewhere and "
+                "enqueue a reference"
+            )
+            raise InvalidJobError(msg)
+        return text
 
     # --- enqueue -------------------------------------------------------------------
 
@@ -220,11 +241,12 @@ class JobClient:
             job_id: your id for the job (at most 128 printable characters); a job
                 with this id still waiting or running is not enqueued again.
             priority: ``high``, ``normal`` or ``low``.
-            user_id: who the job runs for.
+            user_id: who the job runs for (at most 255 printable characters).
             timeout: run-time limit in seconds of each attempt.
             max_attempts: attempts before the job goes dead.
             delay_seconds: run no sooner than this.
-            metadata: a JSON object available as ``ctx.metadata``.
+            metadata: a JSON object available as ``ctx.metadata`` (capped like
+                the payload).
             on_success: task enqueued when the job succeeds, with payload
                 ``{"job_id", "result", "payload"}``.
             on_failure: task enqueued when the job goes dead, with payload
