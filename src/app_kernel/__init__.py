@@ -1,6 +1,7 @@
 """app_kernel: runtime infrastructure for FastAPI services."""
 
 from app_kernel.app import create_service, init_app_kernel
+from app_kernel.auth import UserIdentity, get_current_user, get_optional_user, require_admin
 from app_kernel.errors import (
     BackendUnavailable,
     KernelError,
@@ -28,9 +29,13 @@ __all__ = (
     "MissingDependencyError",
     "ServiceConfig",
     "SettingsError",
+    "UserIdentity",
     "create_service",
+    "get_current_user",
     "get_job_client",
     "get_logger",
+    "get_optional_user",
     "init_app_kernel",
     "log_context",
+    "require_admin",
 )
