@@ -41,16 +41,21 @@ def app_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def _check(app_dir: Path, **variables: str) -> subprocess.CompletedProcess[str]:
+def _cli(cwd: Path, *args: str, **variables: str) -> subprocess.CompletedProcess[str]:
+    """``python -m app_kernel ARGS`` in ``cwd`` with the minimal environment."""
     return subprocess.run(
-        [sys.executable, "-m", "app_kernel", "check", "cli_probe_app:app"],
-        cwd=app_dir,
+        [sys.executable, "-m", "app_kernel", *args],
+        cwd=cwd,
         env=_env(**variables),
         capture_output=True,
         text=True,
         timeout=30,
         check=False,
     )
+
+
+def _check(app_dir: Path, **variables: str) -> subprocess.CompletedProcess[str]:
+    return _cli(app_dir, "check", "cli_probe_app:app", **variables)
 
 
 class TestCheck:
@@ -158,15 +163,7 @@ def test_serve_runs_the_example_under_uvicorn(tmp_path: Path) -> None:
 def test_numbers_out_of_range_are_refused_before_anything_runs(
     app_dir: Path, args: list[str], option: str
 ) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "app_kernel", *args],
-        cwd=app_dir,
-        env=_env(DEBUG="true"),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = _cli(app_dir, *args, DEBUG="true")
     assert result.returncode == 2
     assert f"argument {option}: expected a whole number" in result.stderr
     assert "Traceback" not in result.stderr
@@ -196,15 +193,7 @@ def test_a_target_that_is_no_kernel_app_is_named_without_a_traceback(
 ) -> None:
     """``serve`` refuses before binding the port: uvicorn would serve any object."""
     (tmp_path / "not_apps.py").write_text(_NOT_APPS)
-    result = subprocess.run(
-        [sys.executable, "-m", "app_kernel", *args],
-        cwd=tmp_path,
-        env=_env(DEBUG="true"),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = _cli(tmp_path, *args, DEBUG="true")
     assert result.returncode == 1, result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.stderr
@@ -212,15 +201,7 @@ def test_a_target_that_is_no_kernel_app_is_named_without_a_traceback(
 
 def test_an_import_error_inside_the_module_keeps_its_traceback(tmp_path: Path) -> None:
     (tmp_path / "broken_app.py").write_text("import no_such_dependency\n")
-    result = subprocess.run(
-        [sys.executable, "-m", "app_kernel", "check", "broken_app:app"],
-        cwd=tmp_path,
-        env=_env(DEBUG="true"),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = _cli(tmp_path, "check", "broken_app:app", DEBUG="true")
     assert result.returncode == 1
     assert "Traceback" in result.stderr
     assert "No module named 'no_such_dependency'" in result.stderr
