@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import json
 import os
 import signal
 import socket
@@ -366,6 +367,52 @@ async def test_worker_metrics_port_closes_silent_connections(server_kernel: Kern
         assert await asyncio.to_thread(silent_connection_closed)
     finally:
         await asyncio.to_thread(server.close)
+
+
+async def test_worker_metrics_port_answers_problems_head_and_405(server_kernel: Kernel) -> None:
+    """Refusals are RFC 9457 problems as on the API, never http.server's HTML pages."""
+    server = WorkerMetricsServer(
+        server_kernel.metrics,
+        mode="admin",
+        token_hash=server_kernel.settings.observability.metrics_token_hash,
+    ).start()
+    base = f"http://127.0.0.1:{server.port}"
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+
+    def raw(request: bytes) -> bytes:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as conn:
+            conn.sendall(request)
+            answer = b""
+            while chunk := conn.recv(65536):
+                answer += chunk
+            return answer
+
+    try:
+        async with await asyncio.to_thread(httpx.AsyncClient) as http:  # loads certificates
+            anonymous = await http.get(f"{base}/metrics")
+            elsewhere = await http.get(f"{base}/other", headers=auth)
+            head = await http.head(f"{base}/metrics", headers=auth)
+            got = await http.get(f"{base}/metrics", headers=auth)
+            posted = await http.post(f"{base}/metrics", headers=auth)
+            odd_method = await http.request("BREW", f"{base}/metrics", headers=auth)
+        # Four words, a quote and a backslash: http.server's "Bad request syntax".
+        garbage = await asyncio.to_thread(raw, b'GET /metrics "\\x HTTP/1.1\r\n\r\n')
+    finally:
+        await asyncio.to_thread(server.close)
+
+    for response, status in ((anonymous, 401), (elsewhere, 404), (posted, 405), (odd_method, 501)):
+        assert response.status_code == status
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["status"] == status
+    assert anonymous.headers["www-authenticate"] == "Bearer"
+    assert posted.headers["allow"] == "GET, HEAD"
+    assert head.status_code == 200
+    assert head.content == b""
+    assert head.headers["content-length"] == str(len(got.content))
+    head_line, _, body = garbage.partition(b"\r\n\r\n")
+    assert head_line.startswith(b"HTTP/1.0 400")
+    assert b"application/problem+json" in head_line
+    assert json.loads(body)["status"] == 400  # the quote and backslash are escaped
 
 
 def test_worker_metrics_server_rejects_an_unknown_mode(server_kernel: Kernel) -> None:

@@ -31,8 +31,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import threading
 from collections.abc import Mapping
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +48,7 @@ if TYPE_CHECKING:
 __all__ = ("UNKNOWN_TASK", "JobMetrics", "WorkerMetricsServer", "describe_job_metrics")
 
 UNKNOWN_TASK = "__unknown__"
+_ALLOWED = "GET, HEAD"
 _log = get_logger("app_kernel.jobs.metrics")
 
 _HELP = {
@@ -114,6 +117,21 @@ class JobMetrics:
                 float(status["oldest_waiting_seconds"]),
                 mode="livemostrecent",
             )
+
+
+def problem_body(status: int, detail: str) -> bytes:
+    """The JSON of an RFC 9457 problem (``about:blank``, the status phrase as title)."""
+    try:
+        title = HTTPStatus(status).phrase
+    except ValueError:
+        title = "Error"
+    problem = {
+        "type": "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
+    return json.dumps(problem).encode("utf-8")
 
 
 def _token_matches(header: str, expected: bytes | None) -> bool:
@@ -185,27 +203,52 @@ class WorkerMetricsServer:
             def log_message(self, format: str, *args: Any) -> None:
                 del format, args  # no access log on stderr
 
-            def _refuse(self, status: int, text: str, *, challenge: bool = False) -> None:
-                body = text.encode("utf-8")
+            def _refuse(
+                self, status: int, detail: str, headers: Mapping[str, str] | None = None
+            ) -> None:
+                """An RFC 9457 problem, as the API's refusals are."""
+                body = problem_body(status, detail)
                 self.send_response(status)
-                self.send_header("Content-Type", "text/plain; charset=utf-8")
+                self.send_header("Content-Type", "application/problem+json")
                 self.send_header("Content-Length", str(len(body)))
-                if challenge:
-                    self.send_header("WWW-Authenticate", "Bearer")
+                for name, text in (headers or {}).items():
+                    self.send_header(name, text)
                 self.end_headers()
-                self.wfile.write(body)
+                if getattr(self, "command", None) != "HEAD":
+                    self.wfile.write(body)
+
+            def send_error(
+                self, code: int, message: str | None = None, explain: str | None = None
+            ) -> None:
+                # http.server's own refusals (a malformed request line, an unknown
+                # method): a problem too, rather than its HTML page.
+                del explain
+                self.close_connection = True
+                self._refuse(
+                    code, message or "The request could not be read.", {"Connection": "close"}
+                )
+
+            def _not_allowed(self) -> None:
+                self._refuse(405, "Metrics are read with GET.", {"Allow": _ALLOWED})
+
+            do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _not_allowed
+
+            def do_HEAD(self) -> None:
+                self.do_GET()
 
             def do_GET(self) -> None:
                 if self.path.split("?", 1)[0] != path:
-                    self._refuse(404, "Not found.\n")
+                    self._refuse(404, f"Nothing is served here; metrics are at {path}.")
                     return
                 if mode == "internal" and not is_internal_address(self.client_address[0]):
-                    self._refuse(403, "Metrics are served to internal networks only.\n")
+                    self._refuse(403, "Metrics are served to internal networks only.")
                     return
                 if mode == "admin" and not _token_matches(
                     self.headers.get("Authorization", ""), expected
                 ):
-                    self._refuse(401, "Metrics need a bearer token.\n", challenge=True)
+                    self._refuse(
+                        401, "Metrics need a bearer token.", {"WWW-Authenticate": "Bearer"}
+                    )
                     return
                 body, content_type = metrics.render(self.headers.get("Accept", ""))
                 self.send_response(200)
@@ -213,7 +256,8 @@ class WorkerMetricsServer:
                 self.send_header("Content-Length", str(len(body)))
                 self.send_header("Cache-Control", "no-store")
                 self.end_headers()
-                self.wfile.write(body)
+                if self.command != "HEAD":
+                    self.wfile.write(body)
 
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
