@@ -81,9 +81,11 @@ def _serve(args: argparse.Namespace) -> int:
         # Metrics of several workers are merged through files in this directory;
         # the workers inherit the variable.
         os.environ[MULTIPROC_ENV] = fresh_multiproc_dir()
-    # Fail before binding the port when the target is no kernel app (uvicorn would
-    # serve anything callable). One worker imports the module once: it is cached.
-    load_kernel(args.app)
+    if not args.reload:
+        # Fail before binding the port when the target is no kernel app (uvicorn
+        # would serve anything callable); the module is imported once, as it is
+        # cached. With --reload, uvicorn's own watcher waits for a fix instead.
+        load_kernel(args.app)
     uvicorn.run(
         args.app,
         host=args.host,
