@@ -119,7 +119,7 @@ class JobMetrics:
             )
 
 
-def problem_body(status: int, detail: str) -> bytes:
+def _problem_body(status: int, detail: str) -> bytes:
     """The JSON of an RFC 9457 problem (``about:blank``, the status phrase as title)."""
     try:
         title = HTTPStatus(status).phrase
@@ -207,7 +207,7 @@ class WorkerMetricsServer:
                 self, status: int, detail: str, headers: Mapping[str, str] | None = None
             ) -> None:
                 """An RFC 9457 problem, as the API's refusals are."""
-                body = problem_body(status, detail)
+                body = _problem_body(status, detail)
                 self.send_response(status)
                 self.send_header("Content-Type", "application/problem+json")
                 self.send_header("Content-Length", str(len(body)))
