@@ -212,11 +212,12 @@ def _redis_options_problem(url: str) -> str | None:
     ``?no_such_option=1``), or None; None too without the ``redis`` package."""
     try:
         from redis.asyncio.connection import ConnectionPool
+        from redis.exceptions import RedisError
     except ImportError:
         return None
     try:
         ConnectionPool.from_url(url).make_connection()  # type: ignore[no-untyped-call]  # no I/O
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RedisError) as exc:  # ?ssl_cert_reqs=bogus, ?protocol=9
         return str(exc)
     return None
 

@@ -136,6 +136,17 @@ class TestFrozen:
             id="redis-url-unknown-option",
         ),
         pytest.param(
+            # redis-py raises its own errors for these, not ValueError
+            lambda: RedisSettings(url="rediss://localhost:6380/0?ssl_cert_reqs=bogus"),
+            "redis.url",
+            id="redis-url-bad-tls-option",
+        ),
+        pytest.param(
+            lambda: RedisSettings(url="redis://localhost:6379/0?protocol=9"),
+            "redis.url",
+            id="redis-url-bad-protocol",
+        ),
+        pytest.param(
             lambda: RedisSettings(url="unix:///run/redis.sock?db=first"),
             "redis.url",
             id="redis-unix-url-bad-db",
