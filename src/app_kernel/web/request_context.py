@@ -97,7 +97,9 @@ class RequestContextMiddleware:
         # For code running below an app mounted on this one (see ENTRY_KEY); a
         # kernel app mounted below another kernel app puts its own back after.
         outer_entry = state.get(ENTRY_KEY)
-        state[ENTRY_KEY] = (scope.get("app"), scope.get("root_path", ""))
+        app = scope.get("app")
+        if app is not None:  # set by Starlette before its middleware runs
+            state[ENTRY_KEY] = (app, scope.get("root_path", ""))
         header = (b"x-request-id", rid.encode("latin-1"))
         keep_error_body = self.keep_error_body
         status = 500
