@@ -13,6 +13,7 @@ from app_kernel.auth.store import InvalidUsername, UserRecord, normalise_usernam
 from app_kernel.db.engine import Database
 from app_kernel.db.tables import kernel_metadata
 from app_kernel.db.types import UtcDateTime, utcnow
+from app_kernel.observability.query_params import MAX_OFFSET
 
 __all__ = ("SqlUserStore", "users_table")
 
@@ -40,7 +41,6 @@ _FIELDS = (
     users_table.c.is_active,
     users_table.c.created_at,
 )
-_MAX_OFFSET = 10**9
 
 
 def _record(row: Any) -> dict[str, Any]:
@@ -135,7 +135,7 @@ class SqlUserStore:
             select(*_FIELDS)
             .order_by(users_table.c.created_at, users_table.c.id)
             .limit(max(1, min(limit, 1000)))
-            .offset(max(0, min(offset, _MAX_OFFSET)))  # past 64 bits the driver raises
+            .offset(max(0, min(offset, MAX_OFFSET)))  # past 64 bits the driver raises
         )
         async with self.database.sessions() as session:
             rows = (await session.execute(query)).all()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+from app_kernel.observability.query_params import MAX_OFFSET
+
 __all__ = ("OFFSET", "PORT", "whole_number")
 
 
@@ -32,5 +34,5 @@ def whole_number(low: int, high: int) -> Callable[[str], int]:
 
 PORT = whole_number(1, 65535)
 """A TCP port to listen on."""
-OFFSET = whole_number(0, 10**9)
+OFFSET = whole_number(0, MAX_OFFSET)
 """Where a listing starts."""

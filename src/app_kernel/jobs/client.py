@@ -28,6 +28,7 @@ from app_kernel.jobs.backends.base import PRIORITIES, JobInfo, JobQueue, JobSpec
 from app_kernel.jobs.errors import InvalidJobError, UnknownTaskError
 from app_kernel.jobs.metrics import JobMetrics
 from app_kernel.jobs.registry import KERNEL_TASK_PREFIX, JobRegistry, kernel_tasks
+from app_kernel.observability.query_params import MAX_OFFSET
 from app_kernel.observability.tracing import current_trace_id
 from app_kernel.settings import JobSettings
 
@@ -55,7 +56,6 @@ class EnqueueResult:
 
 MAX_DEAD_PAGE = 1000
 """The most dead jobs :meth:`JobClient.list_dead` returns at once."""
-MAX_DEAD_OFFSET = 10**9
 
 
 def to_json(value: Any, what: str) -> str:
@@ -338,7 +338,7 @@ class JobClient:
         """
         for name, value, low, high in (
             ("limit", limit, 1, MAX_DEAD_PAGE),
-            ("offset", offset, 0, MAX_DEAD_OFFSET),
+            ("offset", offset, 0, MAX_OFFSET),
         ):
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
                 msg = f"{name}: expected a whole number from {low} to {high:,}, got {value!r}"

@@ -18,7 +18,9 @@ from pydantic import AfterValidator
 __all__ = ("MAX_OFFSET", "PageOffset", "TextFilter", "TimeBound", "TraceIdFilter")
 
 MAX_OFFSET = 1_000_000_000
-"""The largest ``offset`` a list route takes (far past any page worth reading)."""
+"""The largest ``offset`` any listing takes (far past any page worth reading, far
+below the 64-bit integers the drivers take): the list routes, ``JobClient.list_dead``,
+the user store and the CLI."""
 
 
 def _in_utc_range(value: datetime | None) -> datetime | None:
