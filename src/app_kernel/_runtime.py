@@ -21,6 +21,7 @@ __all__ = (
     "ENTRY_KEY",
     "clear_current",
     "current_kernel",
+    "kernel_entry",
     "kernel_of_app",
     "kernel_of_scope",
     "set_current",
@@ -73,8 +74,14 @@ def kernel_of_app(app: Any) -> Kernel:
     return kernel
 
 
+def kernel_entry(scope: Mapping[str, Any]) -> tuple[Any, str] | None:
+    """``(app, root_path)`` of the kernel app as the request entered it (``ENTRY_KEY``),
+    or None when no kernel layer noted it."""
+    state = scope.get("state")
+    return state.get(ENTRY_KEY) if state is not None else None
+
+
 def kernel_of_scope(scope: Mapping[str, Any]) -> Kernel:
     """The kernel serving a request: its app's, also inside an app mounted on that app."""
-    state = scope.get("state")
-    entry = state.get(ENTRY_KEY) if state is not None else None
+    entry = kernel_entry(scope)
     return kernel_of_app(scope["app"] if entry is None else entry[0])

@@ -6,7 +6,7 @@ from typing import Any
 
 from starlette.routing import Mount
 
-from app_kernel._runtime import ENTRY_KEY
+from app_kernel._runtime import kernel_entry
 from app_kernel.types import Scope
 
 __all__ = ("full_template",)
@@ -63,8 +63,7 @@ def _mount_prefix(scope: Scope, root_path: str) -> str:
     it (one declared in an included router, say) give ``""``: never the raw
     text, which would put a label value per tenant in the metrics.
     """
-    state = scope.get("state")
-    entry = state.get(ENTRY_KEY) if state is not None else None
+    entry = kernel_entry(scope)
     if entry is None:
         return ""
     app, entry_root = entry
